@@ -1,0 +1,57 @@
+# gcvit-nb: the two commands of README.md, `make book` and `make test`, each doing its own setup.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+VPY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CONSTRAINTS := .ci/constraints.txt
+BACKENDS := tensorflow jax torch
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export PYTHONHASHSEED := 0
+
+.PHONY: setup export book test test-hygiene test-units test-nbval test-book clean-nbs clean
+
+## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
+$(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip
+	$(VPY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	@touch $@
+setup: $(VENV)/.installed
+
+## export: notebooks -> gcvit_nb/ (nbdev)
+export: setup
+	$(BIN)/nbdev_export
+
+## book: execute every chapter and build the HTML book (profile from the environment: GCVIT_SMOKE=1, cpu or gpu)
+book: export
+	$(BIN)/jupyter-book build . --path-output _build/book
+	@echo "Book built: $(abspath _build/book/_build/html/index.html)"
+
+## test: hygiene, unit tests on three backends, nbval on every notebook, the book checked in Chromium
+test: test-hygiene test-units test-nbval test-book
+	@echo "All checks passed."
+
+test-hygiene: setup
+	$(VPY) tools/check_notebooks.py
+
+test-units: setup
+	@for backend in $(BACKENDS); do \
+	  echo "== pytest with KERAS_BACKEND=$$backend"; \
+	  KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider tests || exit $$?; \
+	done
+
+test-nbval: setup
+	GCVIT_SMOKE=1 $(VPY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 nbs/*.ipynb
+
+test-book: export
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "Chromium is needed: apt-get install chromium"; exit 1; }
+	GCVIT_SMOKE=1 $(BIN)/jupyter-book build . --path-output _build/smoke
+	$(VPY) tools/check_book.py _build/smoke/_build/html --screenshots _build/screenshots
+
+clean-nbs: setup
+	$(BIN)/nbdev_clean
+
+clean:
+	rm -rf _build

@@ -1,0 +1,27 @@
+"""gcvit-nb: GCViT (Global Context Vision Transformer) in Keras 3, written as a book.
+
+The public names below are imported lazily, so `import gcvit_nb` (and `gcvit-nb --version`) stay fast and
+do not import Keras until a model is asked for. Each name lives in the module of the chapter that explains it.
+"""
+__version__ = "0.1.0"
+
+import importlib
+
+_PUBLIC = {
+    # chapter 00: run profiles and cost model
+    "active_profile": "core", "runtime_summary": "core", "Profile": "core",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f"{__name__}.{_PUBLIC[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))
