@@ -10,6 +10,13 @@ import importlib
 _PUBLIC = {
     # chapter 00: run profiles and cost model
     "active_profile": "core", "runtime_summary": "core", "Profile": "core",
+    # chapters 01-04: the building blocks
+    "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",
+    "Mlp": "unit_blocks", "Stem": "stem", "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
+    "RelativePositionBias": "attention", "window_partition": "attention", "window_reverse": "attention",
+    # chapter 05: the model, its variants and timm weights
+    "GCViT": "model", "GCViTBlock": "model", "GCViTStage": "model", "VARIANTS": "model", "create_model": "model",
+    "load_timm_weights": "model", "timm_state_dict": "model", "resize_model": "model",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -3,14 +3,14 @@
 # %% auto #0
 __all__ = ['window_partition', 'window_reverse', 'relative_position_index', 'RelativePositionBias', 'WindowAttention']
 
-# %% ../nbs/04_attention.ipynb #27454f9c
+# %% ../nbs/04_attention.ipynb #78e065cf
 import numpy as np
 import keras
 from keras import layers, ops
 
 from .unit_blocks import register
 
-# %% ../nbs/04_attention.ipynb #87a8d1f2
+# %% ../nbs/04_attention.ipynb #cac550d4
 def window_partition(x, window):
     "(B, H, W, C) -> (B, nW, N, C): non-overlapping windows of `window=(wh, ww)`, row-major."
     _, h, w, c = x.shape
@@ -26,7 +26,7 @@ def window_reverse(windows, window, size):
     x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
     return ops.reshape(x, (-1, h, w, c))
 
-# %% ../nbs/04_attention.ipynb #96b9c346
+# %% ../nbs/04_attention.ipynb #90259a3f
 def relative_position_index(window) -> np.ndarray:
     "(N, N) int32 index into a ((2wh-1)(2ww-1), heads) table for every (query, key) pair of a window."
     wh, ww = window
@@ -41,10 +41,11 @@ class RelativePositionBias(layers.Layer):
         super().__init__(**kwargs)
         self.window, self.num_heads = tuple(window), num_heads
         self.index = relative_position_index(self.window).reshape(-1)
+
+    def build(self, scores_shape=None):
         self.relative_position_bias_table = self.add_weight(
-            shape=((2 * self.window[0] - 1) * (2 * self.window[1] - 1), num_heads),
+            shape=((2 * self.window[0] - 1) * (2 * self.window[1] - 1), self.num_heads),
             initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="relative_position_bias_table")
-        self.built = True
 
     def bias(self):
         "The (heads, N, N) bias gathered from the table."
@@ -58,7 +59,7 @@ class RelativePositionBias(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "window": self.window, "num_heads": self.num_heads}
 
-# %% ../nbs/04_attention.ipynb #9ad48bf8
+# %% ../nbs/04_attention.ipynb #b2d681f9
 @register
 class WindowAttention(layers.Layer):
     "Multi-head attention inside windows; `use_global=True` takes queries from per-image global tokens."
@@ -79,6 +80,7 @@ class WindowAttention(layers.Layer):
 
     def build(self, windows_shape, q_global_shape=None):
         self.qkv.build(windows_shape)
+        self.rel_pos.build()
         self.proj.build(windows_shape)
 
     def _heads(self, t, parts):
