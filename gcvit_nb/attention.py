@@ -3,14 +3,14 @@
 # %% auto #0
 __all__ = ['window_partition', 'window_reverse', 'relative_position_index', 'RelativePositionBias', 'WindowAttention']
 
-# %% ../nbs/04_attention.ipynb #78e065cf
+# %% ../nbs/04_attention.ipynb #9003c1b3
 import numpy as np
 import keras
 from keras import layers, ops
 
 from .unit_blocks import register
 
-# %% ../nbs/04_attention.ipynb #cac550d4
+# %% ../nbs/04_attention.ipynb #f3a6a49c
 def window_partition(x, window):
     "(B, H, W, C) -> (B, nW, N, C): non-overlapping windows of `window=(wh, ww)`, row-major."
     _, h, w, c = x.shape
@@ -26,7 +26,7 @@ def window_reverse(windows, window, size):
     x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
     return ops.reshape(x, (-1, h, w, c))
 
-# %% ../nbs/04_attention.ipynb #90259a3f
+# %% ../nbs/04_attention.ipynb #ffeed8be
 def relative_position_index(window) -> np.ndarray:
     "(N, N) int32 index into a ((2wh-1)(2ww-1), heads) table for every (query, key) pair of a window."
     wh, ww = window
@@ -59,7 +59,7 @@ class RelativePositionBias(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "window": self.window, "num_heads": self.num_heads}
 
-# %% ../nbs/04_attention.ipynb #b2d681f9
+# %% ../nbs/04_attention.ipynb #6f7872af
 @register
 class WindowAttention(layers.Layer):
     "Multi-head attention inside windows; `use_global=True` takes queries from per-image global tokens."

@@ -3,7 +3,7 @@
 # %% auto #0
 __all__ = ['info_lines', 'build_parser', 'main']
 
-# %% ../nbs/90_cli.ipynb #270080ad
+# %% ../nbs/90_cli.ipynb #2b66b65e
 import argparse
 import platform
 import sys
@@ -11,7 +11,7 @@ from importlib import metadata
 
 from . import __version__
 
-# %% ../nbs/90_cli.ipynb #2342de1b
+# %% ../nbs/90_cli.ipynb #41dd7a9f
 def _installed(dist: str) -> str:
     "Version of an installed distribution (read from its metadata, without importing it), or 'not installed'."
     try:
@@ -29,7 +29,7 @@ def info_lines() -> list:
     lines += [f"accelerator: {'yes' if has_accelerator() else 'no (CPU only)'}", f"profile: {active_profile().name}"]
     return lines
 
-# %% ../nbs/90_cli.ipynb #959012d7
+# %% ../nbs/90_cli.ipynb #839576bd
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gcvit-nb", description="GCViT in Keras 3: tools from the gcvit-nb book.")
     parser.add_argument("--version", action="version", version=f"gcvit-nb {__version__}")

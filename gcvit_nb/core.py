@@ -4,11 +4,11 @@
 __all__ = ['PROFILES', 'has_accelerator', 'detect_profile', 'Profile', 'active_profile', 'runtime_summary',
            'global_attention_flops', 'window_attention_flops']
 
-# %% ../nbs/00_motivation.ipynb #7600cf69
+# %% ../nbs/00_motivation.ipynb #32ed911e
 import os
 from dataclasses import dataclass
 
-# %% ../nbs/00_motivation.ipynb #060352b4
+# %% ../nbs/00_motivation.ipynb #5936ccdc
 PROFILES = ("smoke", "cpu", "gpu")
 _FALSE = ("", "0", "false", "no", "off")
 
@@ -39,7 +39,7 @@ def detect_profile(environ=None) -> str:
     if env.get("GCVIT_SMOKE", "").strip().lower() not in _FALSE: return "smoke"
     return "gpu" if has_accelerator() else "cpu"
 
-# %% ../nbs/00_motivation.ipynb #eb206253
+# %% ../nbs/00_motivation.ipynb #92330e2f
 @dataclass(frozen=True)
 class Profile:
     "How much work a chapter does: `smoke` (CI), `cpu` (reduced but meaningful) or `gpu` (the full recipe)."
@@ -55,7 +55,7 @@ def active_profile(environ=None) -> Profile:
     "The profile for this process (see `detect_profile`)."
     return Profile(detect_profile(environ))
 
-# %% ../nbs/00_motivation.ipynb #a0428a5e
+# %% ../nbs/00_motivation.ipynb #d218953b
 def runtime_summary(profile=None) -> str:
     "One line naming the package, Keras, the backend (with its version) and the run profile."
     import keras
@@ -67,7 +67,7 @@ def runtime_summary(profile=None) -> str:
     return (f"gcvit-nb {__version__} | keras {keras.__version__} | backend {backend} {bver} | "
             f"profile {profile.name}")
 
-# %% ../nbs/00_motivation.ipynb #55f378f1
+# %% ../nbs/00_motivation.ipynb #ca7b40e2
 def global_attention_flops(n_tokens: int, dim: int) -> int:
     "Multiply-adds of one global self-attention layer (ViT): projections plus the N×N score and mix products."
     return 4 * n_tokens * dim * dim + 2 * n_tokens * n_tokens * dim

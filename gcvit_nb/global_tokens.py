@@ -4,7 +4,7 @@
 __all__ = ['global_token_levels', 'pooled_size', 'max_pool_3x3_s2', 'GlobalTokenGenerator', 'bicubic_resize_matrix',
            'resize_tokens']
 
-# %% ../nbs/03_global_tokens.ipynb #28a184fe
+# %% ../nbs/03_global_tokens.ipynb #ff39f8c8
 import math
 
 import numpy as np
@@ -13,7 +13,7 @@ from keras import layers, ops
 
 from .unit_blocks import MBConv, pad_hw, register
 
-# %% ../nbs/03_global_tokens.ipynb #bf37aa63
+# %% ../nbs/03_global_tokens.ipynb #5b0b4f23
 def global_token_levels(feat_size, window_size) -> int:
     "Number of MBConv + max-pool steps that shrink a `feat_size` map towards `window_size` (reference rule)."
     ratio = min(feat_size) / min(window_size)
@@ -25,12 +25,12 @@ def pooled_size(n: int, steps: int) -> int:
         n = -(-n // 2)
     return n
 
-# %% ../nbs/03_global_tokens.ipynb #5c244935
+# %% ../nbs/03_global_tokens.ipynb #21378d97
 def max_pool_3x3_s2(x):
     "3×3 max-pool, stride 2, padding 1 with -inf (PyTorch `MaxPool2d(3, 2, 1)`): side n -> ceil(n/2)."
     return ops.max_pool(pad_hw(x, 1, float("-inf")), pool_size=3, strides=2, padding="valid")
 
-# %% ../nbs/03_global_tokens.ipynb #010ec9a3
+# %% ../nbs/03_global_tokens.ipynb #a85400e2
 @register
 class GlobalTokenGenerator(layers.Layer):
     "`max(1, levels)` MBConv blocks, each of the first `levels` followed by a 3×3/2 max-pool (timm: FeatureBlock)."
@@ -53,7 +53,7 @@ class GlobalTokenGenerator(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "levels": self.levels}
 
-# %% ../nbs/03_global_tokens.ipynb #c171cb00
+# %% ../nbs/03_global_tokens.ipynb #262913aa
 def _cubic(t, a=-0.75):
     "Keys' cubic convolution kernel with PyTorch's coefficient."
     t = np.abs(t)

@@ -4,7 +4,7 @@
 __all__ = ['VARIANTS', 'LayerScale', 'GCViTBlock', 'GCViTStage', 'stage_geometry', 'GCViT', 'create_model', 'timm_state_dict',
            'read_state_dict', 'load_timm_weights', 'interpolate_position_table', 'resize_model']
 
-# %% ../nbs/05_model.ipynb #1b8aef94
+# %% ../nbs/05_model.ipynb #a6a77217
 import math
 
 import numpy as np
@@ -16,7 +16,7 @@ from .stem import Stem, stem_output_size
 from .global_tokens import GlobalTokenGenerator, bicubic_resize_matrix, global_token_levels, resize_tokens
 from .attention import WindowAttention, window_partition, window_reverse
 
-# %% ../nbs/05_model.ipynb #ee45d69c
+# %% ../nbs/05_model.ipynb #0651d8d5
 @register
 class LayerScale(layers.Layer):
     "Per-channel learned gain `gamma` (initialised to `init_value`)."
@@ -83,7 +83,7 @@ class GCViTBlock(layers.Layer):
     def get_config(self):
         return {**super().get_config(), **self.cfg}
 
-# %% ../nbs/05_model.ipynb #4ebe8a6c
+# %% ../nbs/05_model.ipynb #c51405a4
 @register
 class GCViTStage(layers.Layer):
     "[Downsample] → global tokens (once) → blocks alternating local/global attention → [LayerNorm]."
@@ -132,7 +132,7 @@ class GCViTStage(layers.Layer):
     def get_config(self):
         return {**super().get_config(), **self.cfg}
 
-# %% ../nbs/05_model.ipynb #949e73ed
+# %% ../nbs/05_model.ipynb #06a1894f
 def _pair(v):
     return (int(v), int(v)) if np.isscalar(v) else tuple(int(a) for a in v)
 
@@ -239,7 +239,7 @@ class GCViT(keras.Model):
     def from_config(cls, config):
         return cls(**config)
 
-# %% ../nbs/05_model.ipynb #b3e11e22
+# %% ../nbs/05_model.ipynb #b626c705
 VARIANTS = {
     "gcvit_xxtiny": dict(embed_dim=64, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), mlp_ratio=3.0, drop_path_rate=0.2, layer_scale=None, image_size=224, top1=79.9),
     "gcvit_xtiny": dict(embed_dim=64, depths=(3, 4, 6, 5), num_heads=(2, 4, 8, 16), mlp_ratio=3.0, drop_path_rate=0.2, layer_scale=None, image_size=224, top1=82.0),
@@ -264,7 +264,7 @@ def create_model(name: str, *, input_shape=None, num_classes: int = 1000, includ
     return GCViT(**{**spec, **overrides}, input_shape=input_shape or (size, size, 3), num_classes=num_classes,
                  include_top=include_top, name=overrides.pop("name", name))
 
-# %% ../nbs/05_model.ipynb #344b27c3
+# %% ../nbs/05_model.ipynb #af075b48
 import re
 
 _DOTTED = re.compile(r"^(stages|blocks|head)_(\d+|conv\d+|fc)$")   # Keras `stages_1` = timm `stages.1`
@@ -371,7 +371,7 @@ def load_timm_weights(model, source, *, source_windows=None):
         targets[key][0].assign(arr)
     return model
 
-# %% ../nbs/05_model.ipynb #fb69b2de
+# %% ../nbs/05_model.ipynb #5fb13d53
 def interpolate_position_table(table, old_window, new_window):
     "Bicubic-resize a ((2h-1)(2w-1), heads) relative-position table from `old_window` to `new_window`."
     (oh, ow), (nh, nw) = old_window, new_window

@@ -3,13 +3,13 @@
 # %% auto #0
 __all__ = ['Stem', 'stem_output_size']
 
-# %% ../nbs/02_stem.ipynb #a87437ce
+# %% ../nbs/02_stem.ipynb #f47abc60
 import keras
 from keras import layers
 
 from .unit_blocks import Downsample, pad_hw, register
 
-# %% ../nbs/02_stem.ipynb #02dacf89
+# %% ../nbs/02_stem.ipynb #5f332475
 @register
 class Stem(layers.Layer):
     "Patch embedding: 3×3 stride-2 conv (3 → dim, with bias) → Downsample(dim → dim). Total stride 4."

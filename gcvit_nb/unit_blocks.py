@@ -4,7 +4,7 @@
 __all__ = ['LAYER_NORM_EPS', 'register', 'pad_hw', 'layer_norm', 'DropPath', 'make_divisible', 'SqueezeExcite', 'MBConv',
            'Downsample', 'Mlp']
 
-# %% ../nbs/01_unit_blocks.ipynb #4081a98b
+# %% ../nbs/01_unit_blocks.ipynb #8c8259cc
 import math
 
 import keras
@@ -24,7 +24,7 @@ def layer_norm(name: str):
     "LayerNorm over channels with PyTorch's epsilon."
     return layers.LayerNormalization(epsilon=LAYER_NORM_EPS, name=name)
 
-# %% ../nbs/01_unit_blocks.ipynb #1809b262
+# %% ../nbs/01_unit_blocks.ipynb #3ef6915d
 @register
 class DropPath(layers.Layer):
     "Stochastic depth: in training, drop the whole residual branch of a sample with probability `rate`."
@@ -49,7 +49,7 @@ class DropPath(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
-# %% ../nbs/01_unit_blocks.ipynb #5d9d31e0
+# %% ../nbs/01_unit_blocks.ipynb #46690b3e
 def make_divisible(value: float, divisor: int = 8, min_value=None) -> int:
     "Round a channel count to a multiple of `divisor` (as timm does for SE widths), never below `min_value`."
     min_value = min_value or divisor
@@ -77,7 +77,7 @@ class SqueezeExcite(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "rd_ratio": self.rd_ratio}
 
-# %% ../nbs/01_unit_blocks.ipynb #990efc5e
+# %% ../nbs/01_unit_blocks.ipynb #27b614da
 @register
 class MBConv(layers.Layer):
     "Residual block: depthwise 3×3 → GELU → squeeze-excite → pointwise 1×1, added to the input (no norm)."
@@ -99,7 +99,7 @@ class MBConv(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim}
 
-# %% ../nbs/01_unit_blocks.ipynb #5e77333d
+# %% ../nbs/01_unit_blocks.ipynb #ca5b03b3
 @register
 class Downsample(layers.Layer):
     "LayerNorm → MBConv → 3×3 stride-2 conv (dim → dim_out) → LayerNorm. Output size: ceil(H/2) × ceil(W/2)."
@@ -123,7 +123,7 @@ class Downsample(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "dim_out": self.dim_out}
 
-# %% ../nbs/01_unit_blocks.ipynb #d8f8ce43
+# %% ../nbs/01_unit_blocks.ipynb #50af3e3c
 @register
 class Mlp(layers.Layer):
     "Transformer feed-forward: Dense(hidden) → GELU → [Dropout] → Dense(out) → [Dropout]."
