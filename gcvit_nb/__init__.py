@@ -15,8 +15,13 @@ _PUBLIC = {
     "Mlp": "unit_blocks", "Stem": "stem", "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
     "RelativePositionBias": "attention", "window_partition": "attention", "window_reverse": "attention",
     # chapter 05: the model, its variants and timm weights
-    "GCViT": "model", "GCViTBlock": "model", "GCViTStage": "model", "VARIANTS": "model", "create_model": "model",
+    "GCViT": "model", "GCViTBlock": "model", "GCViTStage": "model", "VARIANTS": "model",
     "load_timm_weights": "model", "timm_state_dict": "model", "resize_model": "model",
+    # chapter 06: pretrained weights (its create_model adds `pretrained=` to chapter 05's), images, labels
+    "create_model": "pretrained", "PRETRAINED": "pretrained", "load_pretrained": "pretrained",
+    "download_checkpoint": "pretrained", "read_checkpoint": "pretrained", "preprocess_image": "pretrained",
+    "decode_predictions": "pretrained", "official_to_timm": "pretrained", "timm_to_official": "pretrained",
+    "PretrainedWeightsUnavailable": "pretrained",
 }
 
 __all__ = ["__version__", *_PUBLIC]
