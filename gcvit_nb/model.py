@@ -310,7 +310,8 @@ def timm_state_dict(model) -> dict:
     for v in model.weights:
         key, kind = _timm_key(v.path)
         a = _to_torch(keras.ops.convert_to_numpy(v), kind)
-        out[key] = a[:, :, None, None] if key.endswith(_DENSE_AS_CONV1X1) else a
+        a = a[:, :, None, None] if key.endswith(_DENSE_AS_CONV1X1) else a
+        out[key] = np.array(a, dtype="float32", order="C")   # a C-ordered copy: no views of the variables
     return out
 
 def read_state_dict(source) -> dict:
