@@ -39,7 +39,9 @@ test-hygiene: setup
 test-units: setup
 	@for backend in $(BACKENDS); do \
 	  echo "== pytest with KERAS_BACKEND=$$backend"; \
-	  KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider tests || exit $$?; \
+	  rc=0; KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider tests || rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "pytest collected no tests under $$backend: that is a failure"; exit 1; fi; \
+	  [ $$rc = 0 ] || exit $$rc; \
 	done
 
 test-nbval: setup
