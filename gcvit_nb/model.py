@@ -216,8 +216,8 @@ class GCViT(keras.Model):
                                  proj_drop_rate=proj_drop_rate)
         self.feature_sizes, self.window_sizes = feats, windows
 
-    def __call__(self, inputs, *args, **kwargs):
-        "Check the images' shape (with a message saying what was expected), then run the model."
+    def _check_images(self, inputs):
+        "Raise a ValueError that says what was expected when `inputs` is not a batch of this model's images."
         shape = tuple(getattr(inputs, "shape", None) or np.shape(inputs))
         expected = self.gcvit_config["input_shape"]
         if len(shape) != 4:
@@ -230,7 +230,14 @@ class GCViT(keras.Model):
             raise ValueError(f"This GCViT was built for {expected[0]}×{expected[1]} images; got {shape[1]}×{shape[2]}. "
                              "Resize the images, or build a model for that size with "
                              "`gcvit_nb.resize_model(model, (height, width, 3))` (keeps the weights).")
+
+    def __call__(self, inputs, *args, **kwargs):
+        self._check_images(inputs)        # before Keras' own input-spec check, for a clearer message
         return super().__call__(inputs, *args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None):
+        self._check_images(inputs)        # also on paths that bypass __call__ (JAX's stateless_call in fit/predict)
+        return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
         return {"name": self.name, **self.gcvit_config}
@@ -254,15 +261,16 @@ VARIANTS = {
 }
 _NOT_MODEL_ARGS = ("image_size", "top1")
 
-def create_model(name: str, *, input_shape=None, num_classes: int = 1000, include_top: bool = True, **overrides) -> GCViT:
+def create_model(name: str, /, *, input_shape=None, num_classes: int = 1000, include_top: bool = True, **overrides) -> GCViT:
     """Build a GCViT variant by name (see `VARIANTS`). `input_shape` defaults to the variant's native size
     (224×224×3, or 384/512 for the large 21k models); `overrides` replace any `GCViT` argument."""
     if name not in VARIANTS:
         raise ValueError(f"Unknown GCViT variant {name!r}. Valid names: {', '.join(VARIANTS)}.")
     spec = {k: v for k, v in VARIANTS[name].items() if k not in _NOT_MODEL_ARGS}
     size = VARIANTS[name]["image_size"]
+    overrides.setdefault("name", name)
     return GCViT(**{**spec, **overrides}, input_shape=input_shape or (size, size, 3), num_classes=num_classes,
-                 include_top=include_top, name=overrides.pop("name", name))
+                 include_top=include_top)
 
 # %% ../nbs/05_model.ipynb #af075b48
 import re

@@ -277,7 +277,7 @@ def load_pretrained(model, source, *, verbose: bool = True):
         raise ValueError(f"{e}{hint}") from None
     return model
 
-def create_model(name: str, *, pretrained=False, input_shape=None, num_classes: int = 1000,
+def create_model(name: str, /, *, pretrained=False, input_shape=None, num_classes: int = 1000,
                  include_top: bool = True, **overrides):
     """Build a GCViT variant (chapter 05's `create_model`) and optionally load weights:
     `pretrained=True` downloads the variant's checkpoint; a path loads a local file."""

@@ -20,8 +20,9 @@ class Stem(layers.Layer):
         self.down = Downsample(dim, dim, name="down")
 
     def build(self, input_shape):
-        self.conv1.build(input_shape)
-        self.down.build(tuple(input_shape[:-1]) + (self.dim,))
+        b, h, w, c = input_shape
+        self.conv1.build((b, None if h is None else h + 2, None if w is None else w + 2, c))   # padded input
+        self.down.build((b, None, None, self.dim))
 
     def call(self, x):
         return self.down(self.conv1(pad_hw(x)))

@@ -112,9 +112,11 @@ class Downsample(layers.Layer):
         self.norm2 = layer_norm("norm2")
 
     def build(self, input_shape):
-        for layer in (self.norm1, self.conv_block, self.reduction):
+        for layer in (self.norm1, self.conv_block):
             layer.build(input_shape)
-        self.norm2.build(tuple(input_shape[:-1]) + (self.dim_out,))
+        b, h, w, c = input_shape
+        self.reduction.build((b, None if h is None else h + 2, None if w is None else w + 2, c))   # padded input
+        self.norm2.build((b, None, None, self.dim_out))
 
     def call(self, x):
         x = self.conv_block(self.norm1(x))
