@@ -1,0 +1,523 @@
+"Chapter 05: the full model against timm, any input size, saving, mixed precision, weights and errors."
+import gc
+import json
+import math
+
+import numpy as np
+import pytest
+import keras
+
+import gcvit_nb
+from conftest import (FIXTURES, PARITY_FILES, TINY, images, run, state_shapes, tiny_model,
+                      weights_numpy)
+from synthetic_weights import synthetic_state_dict
+
+BACKEND = keras.backend.backend()
+PARITY_TOL = 1e-4
+
+
+def plain(obj):
+    "A config with tuples as lists (what a JSON round trip gives)."
+    if isinstance(obj, (list, tuple)):
+        return [plain(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    return obj
+
+
+def max_diff(a, b):
+    return float(np.abs(np.asarray(a, "float64") - np.asarray(b, "float64")).max())
+
+
+# ---------------------------------------------------------------- parity with timm
+
+@pytest.mark.parametrize("name", list(PARITY_FILES))
+def test_state_dict_layout_matches_timm(name, parity_cases, parity_models):
+    case = parity_cases[name]
+    ours = state_shapes(parity_models.get(name))
+    theirs = {k: tuple(v) for k, v in case.shapes.items()}
+    assert set(ours) == set(theirs), (sorted(set(ours) ^ set(theirs)))[:10]
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("name", list(PARITY_FILES))
+def test_parity_logits(name, parity_cases, parity_models):
+    case = parity_cases[name]
+    assert np.ptp(case.logits, axis=0).max() > 1e-2, "the reference logits must differ between images"
+    y = run(parity_models.get(name), case.inputs)
+    assert y.shape == case.logits.shape and y.dtype == np.float32
+    diff = max_diff(y, case.logits)
+    print(f"\n[parity {BACKEND}] {name}: logits max|diff| = {diff:.3g} (max|logit| {np.abs(case.logits).max():.3g})")
+    assert diff <= PARITY_TOL
+
+
+@pytest.mark.parametrize("name", list(PARITY_FILES))
+def test_parity_stages(name, parity_cases, parity_models):
+    case = parity_cases[name]
+    feats = run(parity_models.get(name, features_only=True), case.inputs)
+    assert len(feats) == 4
+    diffs = []
+    for i, (f, ref, s) in enumerate(zip(feats, case.stages, case.strides)):
+        sub = f[:, ::s, ::s, :]
+        assert sub.shape == ref.shape, (i, sub.shape, ref.shape)
+        diffs.append(max_diff(sub, ref))
+    print(f"\n[parity {BACKEND}] {name}: stage max|diff| = " + ", ".join(f"{d:.3g}" for d in diffs))
+    assert max(diffs) <= PARITY_TOL
+
+
+# ---------------------------------------------------------------- batch consistency
+
+def test_batch_consistency_xxtiny(xxtiny_case, xxtiny_model):
+    batch = run(xxtiny_model, xxtiny_case.inputs)
+    for i in range(len(xxtiny_case.inputs)):
+        alone = run(xxtiny_model, xxtiny_case.inputs[i:i + 1])
+        np.testing.assert_allclose(alone[0], batch[i], rtol=0, atol=1e-5)
+
+
+def test_batch_consistency_nonsquare(nonsquare_tiny_model):
+    x = images((2, 200, 288, 3), seed=3)
+    batch = run(nonsquare_tiny_model, x)
+    assert np.abs(batch[0] - batch[1]).max() > 1e-3
+    for i in range(2):
+        # each image in a batch of copies of itself (no other image present; reuses the compiled batch-2 graph)
+        alone = run(nonsquare_tiny_model, np.stack([x[i], x[i]]))
+        np.testing.assert_allclose(alone[0], batch[i], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(alone[1], batch[i], rtol=0, atol=1e-5)
+
+
+# ---------------------------------------------------------------- parameter counts
+
+with open(FIXTURES / "timm_param_counts.json") as _f:
+    TIMM_COUNTS = json.load(_f)["counts"]
+
+
+def build_uninitialised(build):
+    """Build a model whose variables get shapes but no values: no random draws for 90M weights (several seconds
+    on every backend, ~25 s for gcvit_small + gcvit_base under JAX, which compiles each initializer shape).
+    The variables are then taken off Keras' list of variables awaiting initialisation, else the next
+    `StatelessScope` to close (any symbolic build) would initialise them after all."""
+    from keras.src.backend.common import global_state
+    pending = list(global_state.get_global_attribute("uninitialized_variables") or [])
+    try:
+        with keras.StatelessScope(initialize_variables=False):
+            model = build()
+    finally:
+        global_state.set_global_attribute("uninitialized_variables", pending)
+    return model
+
+
+@pytest.mark.parametrize("variant", sorted(TIMM_COUNTS))
+def test_parameter_count_matches_timm(variant):
+    model = build_uninitialised(lambda: gcvit_nb.create_model(variant))
+    try:
+        assert model.count_params() == TIMM_COUNTS[variant]
+        assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
+        assert model.get_config()["depths"] == tuple(gcvit_nb.VARIANTS[variant]["depths"])
+    finally:
+        del model
+        gc.collect()
+
+
+def test_parameter_count_of_an_initialised_model(xxtiny_model):
+    assert xxtiny_model.count_params() == TIMM_COUNTS["gcvit_xxtiny"]
+
+
+def test_variants_table():
+    assert set(TIMM_COUNTS) <= set(gcvit_nb.VARIANTS)
+    for name, spec in gcvit_nb.VARIANTS.items():
+        assert len(spec["depths"]) == len(spec["num_heads"]) == 4
+        assert spec["embed_dim"] % spec["num_heads"][0] == 0
+
+
+# ---------------------------------------------------------------- any input size
+
+def expected_feature_sizes(h, w):
+    return [(math.ceil(h / 2 ** (i + 2)), math.ceil(w / 2 ** (i + 2))) for i in range(4)]
+
+
+def features_twin(model, layer_scale=None):
+    "A features_only GCViT with `model`'s weights minus the head."
+    h, w, _ = model.get_config()["input_shape"]
+    twin = gcvit_nb.GCViT(**TINY, layer_scale=layer_scale, input_shape=(h, w, 3), features_only=True)
+    state = gcvit_nb.timm_state_dict(model)
+    return gcvit_nb.load_timm_weights(twin, {k: v for k, v in state.items() if not k.startswith("head.")})
+
+
+@pytest.mark.parametrize("size", [(160, 160), (200, 288), (97, 131)])
+def test_any_size(size, request):
+    h, w = size
+    if size == (160, 160):
+        model, feat_model = request.getfixturevalue("tiny160_model"), None   # (features: checked at the others)
+    elif size == (200, 288):
+        model = request.getfixturevalue("nonsquare_tiny_model")
+        feat_model = request.getfixturevalue("nonsquare_tiny_features")
+    else:
+        model = tiny_model((h, w, 3), seed=8)
+        feat_model = features_twin(model)
+    x = images((2, h, w, 3), seed=3)
+    y1, y2 = run(model, x), run(model, x)
+    assert y1.shape == (2, TINY["num_classes"])
+    assert np.all(np.isfinite(y1))
+    np.testing.assert_array_equal(y1, y2)
+    assert np.abs(y1[0] - y1[1]).max() > 1e-4
+    if feat_model is None:
+        return
+    # the four stage outputs: strides 4, 8, 16, 32, each rounding up
+    feats = run(feat_model, x)
+    dims = [TINY["embed_dim"] * 2 ** i for i in range(4)]
+    assert [f.shape for f in feats] == [(2, fh, fw, d) for (fh, fw), d in zip(expected_feature_sizes(h, w), dims)]
+    assert [tuple(s) for s in feat_model.feature_sizes] == expected_feature_sizes(h, w)
+    assert all(np.all(np.isfinite(f)) for f in feats)
+    np.testing.assert_array_equal(run(feat_model, x)[-1], feats[-1])
+    # classifier = global average pool of the last stage + the linear head
+    state = gcvit_nb.timm_state_dict(model)
+    pooled = feats[-1].astype("float64").mean(axis=(1, 2))
+    logits = pooled @ state["head.fc.weight"].T.astype("float64") + state["head.fc.bias"]
+    np.testing.assert_allclose(y1, logits, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore:You are using a softmax over axis -1")   # 1×1 windows at side 32: expected
+def test_smallest_allowed_size_builds_and_runs():
+    "Side 32: stage 3's downsample sees a 2×2 map (padded to 4×4 for its 3×3/2 conv)."
+    model = gcvit_nb.GCViT(**TINY, input_shape=(32, 48, 3))
+    y = run(model, images((1, 32, 48, 3)))
+    assert y.shape == (1, TINY["num_classes"]) and np.all(np.isfinite(y))
+
+
+# ---------------------------------------------------------------- saving
+
+def test_save_load_round_trip(tmp_path, nonsquare_tiny_model):
+    model = nonsquare_tiny_model     # layer scale on, gammas ~0.5 (synthetic weights)
+    gammas = [v for v in model.weights if v.path.endswith("ls1/gamma")]
+    assert gammas and all(np.abs(keras.ops.convert_to_numpy(g)).mean() > 0.1 for g in gammas)
+    x = images((2, 200, 288, 3), seed=3)
+    y = run(model, x)
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert isinstance(loaded, gcvit_nb.GCViT)
+    assert plain(loaded.get_config()) == plain(model.get_config())
+    assert len(loaded.weights) == len(model.weights)
+    for a, b in zip(model.weights, loaded.weights):
+        assert a.path == b.path
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+    np.testing.assert_allclose(run(loaded, x), y, rtol=0, atol=1e-6)
+
+
+def test_save_load_features_only(tmp_path, nonsquare_tiny_features):
+    model = nonsquare_tiny_features
+    x = images((2, 200, 288, 3), seed=3)
+    feats = run(model, x)
+    model.save(tmp_path / "f.keras")
+    loaded = keras.saving.load_model(tmp_path / "f.keras")
+    assert loaded.get_config()["features_only"] is True
+    again = run(loaded, x)
+    assert len(again) == 4
+    for a, b in zip(feats, again):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
+
+
+# ---------------------------------------------------------------- mixed precision
+
+@pytest.fixture(scope="module")
+def tiny64():
+    "TINY at 64×64 with synthetic weights; the strictness tests below reload its weights."
+    return tiny_model((64, 64, 3), seed=10)
+
+
+def test_mixed_bfloat16(float32_policy, tiny64):
+    x = images((2, 64, 64, 3), seed=7)
+    ref = run(tiny64, x)
+    state = gcvit_nb.timm_state_dict(tiny64)
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    model = gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3))
+    gcvit_nb.load_timm_weights(model, state)
+    assert model.get_layer("stages_1").compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in model.weights)
+    y = run(model, x)
+    assert y.dtype == np.float32
+    assert np.all(np.isfinite(y))
+    err = max_diff(y, ref)
+    print(f"\n[mixed_bfloat16 {BACKEND}] max|diff| = {err:.3g}, max|logit| = {np.abs(ref).max():.3g}")
+    assert 0 < err <= 0.1 * np.abs(ref).max(), err       # bf16 really used, and still close
+    assert np.corrcoef(y.ravel(), ref.ravel())[0, 1] > 0.99
+
+
+def test_policy_restored_after_mixed_precision_test():
+    assert keras.config.dtype_policy().name == "float32"
+
+
+# ---------------------------------------------------------------- size transfer
+
+def test_resize_same_windows_keeps_every_weight(tiny160_model):
+    model = tiny160_model
+    new = gcvit_nb.resize_model(model, (168, 168, 3))
+    assert new.window_sizes == model.window_sizes
+    assert new.gcvit_config["input_shape"] == (168, 168, 3)
+    old_sd, new_sd = gcvit_nb.timm_state_dict(model), gcvit_nb.timm_state_dict(new)
+    assert set(old_sd) == set(new_sd)
+    for k in old_sd:
+        np.testing.assert_array_equal(new_sd[k], old_sd[k], err_msg=k)
+
+
+def _check_table_transfer(model, new):
+    old_sd, new_sd = gcvit_nb.timm_state_dict(model), gcvit_nb.timm_state_dict(new)
+    assert set(old_sd) == set(new_sd)
+    tables = [k for k in old_sd if k.endswith("relative_position_bias_table")]
+    assert len(tables) == sum(TINY["depths"])
+    for k in old_sd:
+        if k in tables:
+            continue
+        np.testing.assert_array_equal(new_sd[k], old_sd[k], err_msg=k)
+    for k in tables:
+        stage = int(k.split(".")[1])
+        (oh, ow), (nh, nw) = model.window_sizes[stage], new.window_sizes[stage]
+        old, res = old_sd[k], new_sd[k]
+        assert res.shape == ((2 * nh - 1) * (2 * nw - 1), old.shape[1]) != old.shape
+        # zero offset: the centre row of the table is carried over
+        np.testing.assert_allclose(res[(nh - 1) * (2 * nw - 1) + nw - 1], old[(oh - 1) * (2 * ow - 1) + ow - 1],
+                                   rtol=1e-5, atol=1e-5, err_msg=k)
+        assert res.std() > 0.5 * old.std()
+    return old_sd, new_sd, tables
+
+
+def test_resize_bigger_windows_square(tiny160_model):
+    model = tiny160_model
+    new = gcvit_nb.resize_model(model, (224, 224, 3))
+    assert [tuple(w) for w in model.window_sizes] == [(5, 5), (5, 5), (10, 10), (5, 5)]
+    assert [tuple(w) for w in new.window_sizes] == [(7, 7), (7, 7), (14, 14), (7, 7)]
+    _check_table_transfer(model, new)     # (the resized non-square model below is also run)
+
+
+def test_resize_bigger_windows_nonsquare(nonsquare_tiny_model):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    model = nonsquare_tiny_model
+    new = gcvit_nb.resize_model(model, (256, 352, 3))
+    assert [tuple(w) for w in model.window_sizes] == [(6, 9), (6, 9), (12, 18), (6, 9)]
+    assert [tuple(w) for w in new.window_sizes] == [(8, 11), (8, 11), (16, 22), (8, 11)]
+    old_sd, new_sd, tables = _check_table_transfer(model, new)
+    for k in tables:  # the whole table, as timm resizes it: bicubic on the (2h-1, 2w-1) grid, align_corners=False
+        stage = int(k.split(".")[1])
+        (oh, ow), (nh, nw) = model.window_sizes[stage], new.window_sizes[stage]
+        grid = torch.from_numpy(old_sd[k].T.reshape(1, -1, 2 * oh - 1, 2 * ow - 1).copy())
+        ref = F.interpolate(grid, size=(2 * nh - 1, 2 * nw - 1), mode="bicubic", align_corners=False)
+        np.testing.assert_allclose(new_sd[k], ref[0].reshape(ref.shape[1], -1).T.numpy(), rtol=1e-5, atol=1e-5)
+    y = run(new, images((1, 256, 352, 3)))
+    assert y.shape == (1, TINY["num_classes"]) and np.all(np.isfinite(y))
+
+
+# ---------------------------------------------------------------- load_timm_weights strictness
+
+def fresh_state(model, seed=99):
+    return synthetic_state_dict(state_shapes(model), seed)
+
+
+def assert_failed_load_changes_nothing(model, state, key, error=ValueError):
+    before = weights_numpy(model)
+    with pytest.raises(error) as err:
+        gcvit_nb.load_timm_weights(model, state)
+    assert key in str(err.value)
+    after = weights_numpy(model)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+    return str(err.value)
+
+
+def test_load_missing_key(tiny64):
+    state = fresh_state(tiny64)
+    del state["stages.1.blocks.1.attn.qkv.weight"]
+    msg = assert_failed_load_changes_nothing(tiny64, state, "stages.1.blocks.1.attn.qkv.weight")
+    assert "missing" in msg
+
+
+def test_load_unexpected_key(tiny64):
+    state = fresh_state(tiny64)
+    state["stages.0.blocks.0.extra.weight"] = np.zeros((3,), "float32")
+    msg = assert_failed_load_changes_nothing(tiny64, state, "stages.0.blocks.0.extra.weight")
+    assert "unexpected" in msg
+
+
+def test_load_wrong_shape(tiny64):
+    state = fresh_state(tiny64)
+    state["head.fc.weight"] = np.zeros((TINY["num_classes"] + 1, TINY["embed_dim"] * 8), "float32")
+    state["stages.2.downsample.norm1.weight"] = np.ones((5,), "float32")
+    msg = assert_failed_load_changes_nothing(tiny64, state, "head.fc.weight")
+    assert "stages.2.downsample.norm1.weight" in msg
+
+
+def test_load_ignores_relative_position_index(tiny64):
+    state = fresh_state(tiny64, seed=98)
+    state["stages.0.blocks.0.attn.rel_pos.relative_position_index"] = np.zeros((4, 4), "int64")
+    gcvit_nb.load_timm_weights(tiny64, state)
+    got = gcvit_nb.timm_state_dict(tiny64)
+    for k, v in fresh_state(tiny64, seed=98).items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_load_assigns_every_weight(tiny64):
+    "A good state dict changes the weights (so the 'nothing assigned' checks above can fail)."
+    state = fresh_state(tiny64, seed=97)
+    before = weights_numpy(tiny64)
+    gcvit_nb.load_timm_weights(tiny64, state)
+    after = weights_numpy(tiny64)
+    assert all(not np.array_equal(after[p], before[p]) for p in before)
+    got = gcvit_nb.timm_state_dict(tiny64)
+    for k, v in state.items():
+        np.testing.assert_array_equal(got[k], v, err_msg=k)
+
+
+def test_safetensors_round_trip(tmp_path, tiny64):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = tmp_path / "weights.safetensors"
+    state = gcvit_nb.timm_state_dict(tiny64)
+    safetensors_numpy.save_file(state, str(path))
+    for p in (path, str(path)):
+        target = tiny_model((64, 64, 3))     # fresh random initialisation
+        gcvit_nb.load_timm_weights(target, p)
+        src, dst = weights_numpy(tiny64), weights_numpy(target)
+        assert list(src) == list(dst)
+        for k in src:
+            np.testing.assert_array_equal(dst[k], src[k], err_msg=k)
+
+
+def test_truncated_safetensors(tmp_path, tiny64):
+    safetensors_numpy = pytest.importorskip("safetensors.numpy")
+    path = tmp_path / "w.safetensors"
+    safetensors_numpy.save_file(gcvit_nb.timm_state_dict(tiny64), str(path))
+    data = path.read_bytes()
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(data[: len(data) // 2])
+    before = weights_numpy(tiny64)
+    with pytest.raises(ValueError, match="bad.safetensors"):
+        gcvit_nb.load_timm_weights(tiny64, bad)
+    after = weights_numpy(tiny64)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+
+
+def test_wrong_suffix(tmp_path, tiny64):
+    path = tmp_path / "w.pth"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="safetensors"):
+        gcvit_nb.load_timm_weights(tiny64, path)
+
+
+def test_missing_path(tmp_path, tiny64):
+    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
+        gcvit_nb.load_timm_weights(tiny64, tmp_path / "nowhere.safetensors")
+
+
+# ---------------------------------------------------------------- bad inputs and arguments
+
+def test_wrong_channel_count(tiny64):
+    with pytest.raises(ValueError) as err:
+        tiny64(np.zeros((1, 64, 64, 1), "float32"))
+    assert "3-channel" in str(err.value) and "1 channels" in str(err.value)
+
+
+def test_channels_first_input(tiny64):
+    with pytest.raises(ValueError, match="3-channel"):
+        tiny64(np.zeros((1, 3, 64, 64), "float32"))
+
+
+@pytest.mark.parametrize("shape", [(64, 64, 3), (1, 1, 64, 64, 3)])
+def test_wrong_rank(tiny64, shape):
+    with pytest.raises(ValueError) as err:
+        tiny64(np.zeros(shape, "float32"))
+    msg = str(err.value)
+    assert f"rank {len(shape)}" in msg and "(B, 64, 64, 3)" in msg
+
+
+@pytest.mark.parametrize("hw", [(64, 80), (32, 64), (96, 96)])
+def test_wrong_height_width(tiny64, hw):
+    with pytest.raises(ValueError) as err:
+        tiny64(np.zeros((1, *hw, 3), "float32"))
+    msg = str(err.value)
+    assert "64×64" in msg and f"{hw[0]}×{hw[1]}" in msg and "resize_model" in msg
+
+
+@pytest.mark.parametrize("hw", [(64, 80), (96, 96)])
+def test_wrong_size_in_predict_after_a_run(tiny64, hw):
+    "After a first run JAX's trainer calls the model through stateless_call -> call, not __call__."
+    assert run(tiny64, np.zeros((2, 64, 64, 3), "float32")).shape == (2, TINY["num_classes"])
+    with pytest.raises(ValueError, match="64×64"):
+        tiny64.predict_on_batch(np.zeros((1, *hw, 3), "float32"))
+
+
+@pytest.mark.parametrize("input_shape", [(16, 16, 3), (31, 64, 3), (64, 8, 3)])
+def test_too_small_input_shape(input_shape):
+    with pytest.raises(ValueError, match="32"):
+        gcvit_nb.GCViT(**TINY, input_shape=input_shape)
+
+
+@pytest.mark.parametrize("input_shape", [(None, None, 3), (64, 64), (64, 64, 3, 1)])
+def test_unusable_input_shape(input_shape):
+    with pytest.raises(ValueError, match="input_shape"):
+        gcvit_nb.GCViT(**TINY, input_shape=input_shape)
+
+
+def test_bad_constructor_arguments():
+    with pytest.raises(ValueError, match="num_heads"):
+        gcvit_nb.GCViT(embed_dim=16, depths=(1, 1, 1), num_heads=(1, 1, 1, 1), input_shape=(64, 64, 3))
+    with pytest.raises(ValueError, match="pooling"):
+        gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3), include_top=False, pooling="sum")
+
+
+def test_unknown_variant_lists_valid_names():
+    with pytest.raises(ValueError) as err:
+        gcvit_nb.create_model("nope")
+    msg = str(err.value)
+    assert "nope" in msg
+    for name in gcvit_nb.VARIANTS:
+        assert name in msg
+
+
+def test_create_model_overrides():
+    model = build_uninitialised(lambda: gcvit_nb.create_model("gcvit_xxtiny", input_shape=(64, 96, 3), num_classes=3,
+                                                              depths=(1, 2, 1, 1), drop_path_rate=0.0))
+    cfg = model.get_config()
+    assert cfg["input_shape"] == (64, 96, 3) and cfg["num_classes"] == 3 and cfg["depths"] == (1, 2, 1, 1)
+    assert cfg["embed_dim"] == gcvit_nb.VARIANTS["gcvit_xxtiny"]["embed_dim"]
+    assert model.name == "gcvit_xxtiny" and model.output_shape == (None, 3)
+
+
+def test_create_model_name_override():
+    model = build_uninitialised(lambda: gcvit_nb.create_model("gcvit_xxtiny", input_shape=(64, 64, 3), num_classes=3,
+                                                              name="mine"))
+    assert model.name == "mine"
+
+
+# ---------------------------------------------------------------- stochastic depth
+
+_JITTED = {}
+
+
+def forward(model, x, training):
+    """`model(x, training=training)` as NumPy. Under JAX the same call is jit-compiled (eager JAX compiles every
+    op separately, ~15 s for this model): `stateless_call`, then the updated non-trainable state (the drop-path
+    seed generators) is written back, so consecutive calls draw new masks exactly as eager calls do."""
+    if BACKEND != "jax":
+        return keras.ops.convert_to_numpy(model(x, training=training))
+    import jax
+    key = (id(model), training)
+    if key not in _JITTED:
+        _JITTED[key] = jax.jit(lambda tv, ntv, x: model.stateless_call(tv, ntv, x, training=training))
+    y, ntv = _JITTED[key]([v.value for v in model.trainable_variables],
+                          [v.value for v in model.non_trainable_variables], x)
+    for var, value in zip(model.non_trainable_variables, ntv):
+        var.assign(value)
+    return np.asarray(y)
+
+
+def test_drop_path_active_only_in_training(tiny64):
+    model = gcvit_nb.GCViT(**{**TINY, "drop_path_rate": 0.5}, input_shape=(64, 64, 3))
+    gcvit_nb.load_timm_weights(model, gcvit_nb.timm_state_dict(tiny64))
+    assert model.non_trainable_variables, "drop-path seed generators keep their state in the model"
+    x = images((2, 64, 64, 3), seed=14)
+    t1, t2 = forward(model, x, True), forward(model, x, True)
+    assert np.abs(t1 - t2).max() > 1e-3
+    e1, e2 = forward(model, x, False), forward(model, x, False)
+    np.testing.assert_array_equal(e1, e2)
+    # in inference the same weights without drop path give the same output
+    np.testing.assert_allclose(e1, run(tiny64, x), rtol=1e-5, atol=1e-5)
+    assert np.abs(t1 - e1).max() > 1e-3
