@@ -10,7 +10,9 @@ BACKENDS := tensorflow jax torch
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONHASHSEED := 0
 
-.PHONY: setup export book test test-hygiene test-units test-nbval test-book clean-nbs clean
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: setup data export book test test-hygiene test-units test-nbval test-book clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -20,12 +22,16 @@ $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
 	@touch $@
 setup: $(VENV)/.installed
 
+## data: the offline photos the book and tests train on (Debian's dataset-fashion-mnist; installed when root)
+data:
+	@test -f $(FASHION_MNIST) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || { echo "Fashion-MNIST is needed offline: sudo apt-get install dataset-fashion-mnist"; exit 1; }
+
 ## export: notebooks -> gcvit_nb/ (nbdev)
 export: setup
 	$(BIN)/nbdev_export
 
 ## book: execute every chapter and build the HTML book (profile from the environment: GCVIT_SMOKE=1, cpu or gpu)
-book: export
+book: export data
 	$(BIN)/jupyter-book build . --path-output _build/book
 	@echo "Book built: $(abspath _build/book/_build/html/index.html)"
 
@@ -36,7 +42,7 @@ test: test-hygiene test-units test-nbval test-book
 test-hygiene: setup
 	$(VPY) tools/check_notebooks.py
 
-test-units: setup
+test-units: setup data
 	@for backend in $(BACKENDS); do \
 	  echo "== pytest with KERAS_BACKEND=$$backend"; \
 	  rc=0; KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider tests || rc=$$?; \
@@ -44,10 +50,10 @@ test-units: setup
 	  [ $$rc = 0 ] || exit $$rc; \
 	done
 
-test-nbval: setup
+test-nbval: setup data
 	GCVIT_SMOKE=1 $(VPY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 nbs/*.ipynb
 
-test-book: export
+test-book: export data
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "Chromium is needed: apt-get install chromium"; exit 1; }
 	GCVIT_SMOKE=1 $(BIN)/jupyter-book build . --path-output _build/smoke
 	$(VPY) tools/check_book.py _build/smoke/_build/html --screenshots _build/screenshots

@@ -22,6 +22,11 @@ _PUBLIC = {
     "download_checkpoint": "pretrained", "read_checkpoint": "pretrained", "preprocess_image": "pretrained",
     "decode_predictions": "pretrained", "official_to_timm": "pretrained", "timm_to_official": "pretrained",
     "PretrainedWeightsUnavailable": "pretrained",
+    # chapter 07: fine-tuning (data pipelines, recipe, safe run directories)
+    # (the function finetune() is reached as gcvit_nb.finetune.finetune: the module has the same name)
+    "load_data": "finetune", "load_image_folder": "finetune", "load_tfds": "finetune",
+    "load_fashion_mnist": "finetune", "make_dataset": "finetune", "load_run_model": "finetune",
+    "DatasetUnavailable": "finetune", "NonFiniteLoss": "finetune",
 }
 
 __all__ = ["__version__", *_PUBLIC]
