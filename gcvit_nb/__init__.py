@@ -11,6 +11,7 @@ _PUBLIC = {
     # chapter 00: run profiles and cost model
     "active_profile": "core", "runtime_summary": "core", "Profile": "core",
     # chapters 01-04: the building blocks
+    "Conv2d": "unit_blocks", "DepthwiseConv2d": "unit_blocks", "Linear": "unit_blocks", "LayerNorm": "unit_blocks",
     "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",
     "Mlp": "unit_blocks", "Stem": "stem", "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
     "RelativePositionBias": "attention", "window_partition": "attention", "window_reverse": "attention",

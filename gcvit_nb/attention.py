@@ -8,7 +8,7 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-from .unit_blocks import register
+from .unit_blocks import Linear, register
 
 # %% ../nbs/04_attention.ipynb #f3a6a49c
 def window_partition(x, window):
@@ -72,9 +72,9 @@ class WindowAttention(layers.Layer):
         self.qkv_bias, self.attn_drop, self.proj_drop = qkv_bias, attn_drop, proj_drop
         self.head_dim = dim // num_heads
         self.scale = self.head_dim ** -0.5
-        self.qkv = layers.Dense(dim * (2 if use_global else 3), use_bias=qkv_bias, name="qkv")
+        self.qkv = Linear(dim * (2 if use_global else 3), use_bias=qkv_bias, name="qkv")
         self.rel_pos = RelativePositionBias(self.window, num_heads, name="rel_pos")
-        self.proj = layers.Dense(dim, name="proj")
+        self.proj = Linear(dim, name="proj")
         self.attn_dropout = layers.Dropout(attn_drop) if attn_drop > 0 else None
         self.proj_dropout = layers.Dropout(proj_drop) if proj_drop > 0 else None
 

@@ -28,6 +28,9 @@ def pooled_size(n: int, steps: int) -> int:
 # %% ../nbs/03_global_tokens.ipynb #21378d97
 def max_pool_3x3_s2(x):
     "3×3 max-pool, stride 2, padding 1 with -inf (PyTorch `MaxPool2d(3, 2, 1)`): side n -> ceil(n/2)."
+    if keras.backend.backend() == "torch":    # PyTorch pools a channels-last view natively (chapter 01's trick)
+        import torch.nn.functional as F
+        return F.max_pool2d(ops.convert_to_tensor(x).permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
     return ops.max_pool(pad_hw(x, 1, float("-inf")), pool_size=3, strides=2, padding="valid")
 
 # %% ../nbs/03_global_tokens.ipynb #a85400e2

@@ -11,7 +11,7 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-from .unit_blocks import DropPath, Downsample, Mlp, layer_norm, register
+from .unit_blocks import DropPath, Downsample, Linear, Mlp, layer_norm, register
 from .stem import Stem, stem_output_size
 from .global_tokens import GlobalTokenGenerator, bicubic_resize_matrix, global_token_levels, resize_tokens
 from .attention import WindowAttention, window_partition, window_reverse
@@ -200,7 +200,7 @@ class GCViT(keras.Model):
             x = layers.GlobalAveragePooling2D(name="head_global_pool")(x)
             if drop_rate > 0:
                 x = layers.Dropout(drop_rate, name="head_drop")(x)
-            outputs = layers.Dense(num_classes, dtype="float32", name="head_fc")(x)
+            outputs = Linear(num_classes, dtype="float32", name="head_fc")(x)
         elif pooling == "avg":
             outputs = layers.GlobalAveragePooling2D(name="head_global_pool")(x)
         elif pooling == "max":

@@ -7,7 +7,7 @@ __all__ = ['Stem', 'stem_output_size']
 import keras
 from keras import layers
 
-from .unit_blocks import Downsample, pad_hw, register
+from .unit_blocks import Conv2d, Downsample, register
 
 # %% ../nbs/02_stem.ipynb #5f332475
 @register
@@ -16,16 +16,15 @@ class Stem(layers.Layer):
     def __init__(self, dim: int, **kwargs):
         super().__init__(**kwargs)
         self.dim = dim
-        self.conv1 = layers.Conv2D(dim, 3, strides=2, padding="valid", name="conv1")
+        self.conv1 = Conv2d(dim, 3, strides=2, pad=1, name="conv1")
         self.down = Downsample(dim, dim, name="down")
 
     def build(self, input_shape):
-        b, h, w, c = input_shape
-        self.conv1.build((b, None if h is None else h + 2, None if w is None else w + 2, c))   # padded input
-        self.down.build((b, None, None, self.dim))
+        self.conv1.build(input_shape)
+        self.down.build((input_shape[0], None, None, self.dim))
 
     def call(self, x):
-        return self.down(self.conv1(pad_hw(x)))
+        return self.down(self.conv1(x))
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim}
