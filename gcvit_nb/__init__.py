@@ -28,6 +28,8 @@ _PUBLIC = {
     "load_data": "finetune", "load_image_folder": "finetune", "load_tfds": "finetune",
     "load_fashion_mnist": "finetune", "make_dataset": "finetune", "load_run_model": "finetune",
     "DatasetUnavailable": "finetune", "NonFiniteLoss": "finetune",
+    # chapter 09: benchmarks
+    "run_benchmark": "benchmark",
 }
 
 __all__ = ["__version__", *_PUBLIC]

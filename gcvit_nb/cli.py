@@ -44,8 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("checkpoint")
     c.add_argument("output", help="destination, ending in .weights.h5")
     c.add_argument("--model", required=True, help="variant name, e.g. gcvit_tiny")
-    # Chapter 07 owns the arguments of this one; main() hands them the rest of the command line.
+    # Chapters 07 and 09 own the arguments of these two; main() hands them the rest of the command line.
     sub.add_parser("finetune", help="fine-tune on tfds / an image folder / Fashion-MNIST (see: gcvit-nb finetune --help)", add_help=False)
+    sub.add_parser("bench", help="benchmark every backend against timm (see: gcvit-nb bench --help)", add_help=False)
     return parser
 
 def _fail(message: str) -> int:
@@ -107,7 +108,7 @@ def convert(args) -> int:
     print(f"wrote {args.output}: {args.model}, {classes} classes, verified by reloading")
     return 0
 
-DELEGATED = {"finetune": ("gcvit_nb.finetune", "finetune_cli")}
+DELEGATED = {"finetune": ("gcvit_nb.finetune", "finetune_cli"), "bench": ("gcvit_nb.benchmark", "bench_cli")}
 
 def main(argv=None) -> int:
     "Entry point of the `gcvit-nb` console script."
