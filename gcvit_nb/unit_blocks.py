@@ -79,8 +79,9 @@ class DepthwiseConv2d(layers.DepthwiseConv2D):
     "`keras.layers.DepthwiseConv2D` (multiplier 1, no bias) with PyTorch-style padding `pad`, by `conv2d_nhwc`."
     def __init__(self, kernel_size, strides=1, pad: int = 0, **kwargs):
         kwargs.pop("padding", None)
-        kwargs["use_bias"] = False
-        super().__init__(kernel_size, strides=strides, padding="valid", **kwargs)
+        if kwargs.pop("use_bias", False):
+            raise ValueError("DepthwiseConv2d has no bias (GCViT's depthwise convolutions have none); drop use_bias=True.")
+        super().__init__(kernel_size, strides=strides, padding="valid", use_bias=False, **kwargs)
         if self.depth_multiplier != 1:
             raise ValueError(f"DepthwiseConv2d supports depth_multiplier=1 only, got {self.depth_multiplier}.")
         self.pad = pad
