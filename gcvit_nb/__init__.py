@@ -8,8 +8,8 @@ __version__ = "0.1.0"
 import importlib
 
 _PUBLIC = {
-    # chapter 00: run profiles and cost model
-    "active_profile": "core", "runtime_summary": "core", "Profile": "core",
+    # appendix A (00_backend): run profiles, device and precision probes, backend fast paths
+    "active_profile": "backend", "runtime_summary": "backend", "Profile": "backend",
     # chapters 01-04: the building blocks
     "Conv2d": "unit_blocks", "DepthwiseConv2d": "unit_blocks", "Linear": "unit_blocks", "LayerNorm": "unit_blocks",
     "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",

@@ -2,9 +2,9 @@
 import pytest
 
 import gcvit_nb
-from gcvit_nb import core
-from gcvit_nb.core import (PROFILES, Profile, active_profile, detect_profile, global_attention_flops,
-                           has_accelerator, runtime_summary, window_attention_flops)
+from gcvit_nb import backend
+from gcvit_nb.backend import PROFILES, Profile, active_profile, detect_profile, has_accelerator, runtime_summary
+from gcvit_nb.complexity import global_attention_flops, window_attention_flops
 
 
 @pytest.fixture
@@ -145,6 +145,6 @@ def test_runtime_summary_defaults_to_active_profile(monkeypatch):
 
 
 def test_package_exports_profile_helpers():
-    assert gcvit_nb.Profile is core.Profile
-    assert gcvit_nb.active_profile is core.active_profile
-    assert gcvit_nb.runtime_summary is core.runtime_summary
+    assert gcvit_nb.Profile is backend.Profile
+    assert gcvit_nb.active_profile is backend.active_profile
+    assert gcvit_nb.runtime_summary is backend.runtime_summary
