@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data export book test test-hygiene test-units test-nbval test-book clean-nbs clean
+.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -26,12 +26,17 @@ setup: $(VENV)/.installed
 data:
 	@test -f $(FASHION_MNIST) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; } || { echo "Fashion-MNIST is needed offline: sudo apt-get install dataset-fashion-mnist"; exit 1; }
 
+## book-deps: MathJax served from the book itself, so equations render offline (Debian's libjs-mathjax; installed when root)
+MATHJAX := /usr/share/javascript/mathjax/MathJax.js
+book-deps:
+	@test -f $(MATHJAX) || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjs-mathjax >/dev/null; } || echo "warning: no local MathJax (sudo apt-get install libjs-mathjax): equations will load from a CDN"
+
 ## export: notebooks -> gcvit_nb/ (nbdev)
 export: setup
 	$(BIN)/nbdev_export
 
 ## book: execute every chapter and build the HTML book (profile from the environment: GCVIT_SMOKE=1, cpu or gpu)
-book: export data
+book: export data book-deps
 	$(BIN)/jupyter-book build . --path-output _build/book
 	@echo "Book built: $(abspath _build/book/_build/html/index.html)"
 
@@ -53,7 +58,7 @@ test-units: setup data
 test-nbval: setup data
 	GCVIT_SMOKE=1 $(VPY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 nbs/*.ipynb
 
-test-book: export data
+test-book: export data book-deps
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "Chromium is needed: apt-get install chromium"; exit 1; }
 	GCVIT_SMOKE=1 $(BIN)/jupyter-book build . --path-output _build/smoke
 	$(VPY) tools/check_book.py _build/smoke/_build/html --screenshots _build/screenshots

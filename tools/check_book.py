@@ -19,6 +19,7 @@ from bs4 import BeautifulSoup
 
 ROOT = Path(__file__).resolve().parents[1]
 ERROR_MARKERS = ("Traceback (most recent call last)", "CellExecutionError")
+TEMP_PATH = re.compile(r"(?<![\w.])/tmp/[\w./-]+|/var/folders/\S+|\btmp[a-z0-9_]{6,}/")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars"]
@@ -74,6 +75,17 @@ def check_pages(html_dir: Path, toc_path: Path):
         figures = [s for s in local if "_images/" in s]
         if draws_figures(ROOT / f"{doc}.ipynb") and not figures:
             problems.append(f"{doc}: the notebook draws figures but the page shows none")
+        outputs = " ".join(o.get_text(" ") for o in main.select(".cell_output"))
+        if TEMP_PATH.search(outputs):
+            problems.append(f"{doc}: an output shows a temporary path ({TEMP_PATH.search(outputs).group(0)!r})")
+        if main.select(".math"):
+            scripts = [s.get("src", "") for s in soup.find_all("script")]
+            mathjax = [s for s in scripts if "MathJax" in s or "mathjax" in s]
+            local_mj = [s for s in mathjax if not s.startswith(("http:", "https:"))]
+            if not local_mj:
+                problems.append(f"{doc}: equations need MathJax from a CDN ({mathjax}); install libjs-mathjax")
+            elif not (page.parent / local_mj[0].split("?")[0]).resolve().exists():
+                problems.append(f"{doc}: MathJax script {local_mj[0]} is missing from the build")
         pages[doc] = {"page": str(page), "figures": len(figures)}
     return problems, pages
 
@@ -92,7 +104,8 @@ def chromium_check(chromium: str, page: Path, shot: Path, toc_docs):
     url = page.resolve().as_uri()
     with tempfile.TemporaryDirectory() as profile:
         base = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--window-size=1400,1600"]
-        dom = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        dom = subprocess.run(base + ["--virtual-time-budget=8000", "--dump-dom", url], capture_output=True,
+                             text=True, timeout=120).stdout
         subprocess.run(base + [f"--screenshot={shot}", url], capture_output=True, text=True, timeout=120)
     soup = BeautifulSoup(dom, "html.parser")
     nav = soup.select_one("nav.bd-links, nav#bd-docs-nav, .bd-sidebar-primary")
@@ -105,6 +118,8 @@ def chromium_check(chromium: str, page: Path, shot: Path, toc_docs):
             problems.append(f"{page.name}: table of contents lacks {missing}")
     if not any("_images/" in (img.get("src") or "") for img in soup.find_all("img")):
         problems.append(f"{page.name}: rendered page shows no figure")
+    if soup.select("span.math, div.math") and not soup.select(".MathJax_CHTML, mjx-container"):
+        problems.append(f"{page.name}: equations were not typeset by MathJax (raw LaTeX on the page)")
     if not shot.exists() or shot.stat().st_size < 10_000:
         problems.append(f"{page.name}: screenshot {shot} was not written")
     return problems
