@@ -1,0 +1,68 @@
+"""The public API: the top-level lazy table, each module's `__all__`, and the names README promises."""
+import importlib
+import pkgutil
+import re
+from pathlib import Path
+
+import pytest
+
+import gcvit_nb
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = sorted(m.name for m in pkgutil.iter_modules(gcvit_nb.__path__) if not m.name.startswith("_"))
+README_NAMES = ("create_model", "GCViT", "VARIANTS", "load_timm_weights", "preprocess_image",
+                "decode_predictions")
+
+
+@pytest.mark.parametrize("name", sorted(gcvit_nb._PUBLIC))
+def test_lazy_name_is_public_in_its_module(name):
+    module = importlib.import_module(f"gcvit_nb.{gcvit_nb._PUBLIC[name]}")
+    assert name in module.__all__, f"gcvit_nb.{name} points at {module.__name__}, whose __all__ lacks it"
+    assert getattr(gcvit_nb, name) is getattr(module, name)
+
+
+@pytest.mark.parametrize("module_name", MODULES)
+def test_all_lists_only_defined_public_names(module_name):
+    module = importlib.import_module(f"gcvit_nb.{module_name}")
+    names = getattr(module, "__all__", [])
+    assert len(names) == len(set(names)), f"{module_name}.__all__ repeats a name"
+    for name in names:
+        assert not name.startswith("_"), f"{module_name}.__all__ exports the private name {name}"
+        assert hasattr(module, name), f"{module_name}.__all__ names {name}, which the module lacks"
+
+
+def test_every_lazy_module_exists():
+    assert set(gcvit_nb._PUBLIC.values()) <= set(MODULES)
+
+
+def test_readme_names_are_top_level():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for name in README_NAMES:
+        assert name in gcvit_nb._PUBLIC, f"README promises gcvit_nb.{name}"
+        assert name in readme
+
+
+def test_dir_and_unknown_attribute():
+    assert set(gcvit_nb._PUBLIC) <= set(dir(gcvit_nb))
+    with pytest.raises(AttributeError, match="no attribute"):
+        gcvit_nb.no_such_name
+
+
+def test_modules_stay_small():
+    "One chapter, one module of at most about 400 lines (the generated _modidx.py aside)."
+    sizes = {p.name: sum(1 for _ in p.open(encoding="utf-8")) for p in (ROOT / "gcvit_nb").glob("*.py")
+             if p.name != "_modidx.py"}
+    assert {k: v for k, v in sizes.items() if v > 420} == {}
+
+
+def test_imports_only_go_backwards():
+    "A module imports only from modules of notebooks with a smaller number."
+    order = {}
+    for nb in (ROOT / "nbs").glob("[0-9][0-9]_*.ipynb"):
+        m = re.search(r"default_exp\s+(\w+)", nb.read_text(encoding="utf-8"))
+        if m:
+            order[m.group(1)] = int(nb.name[:2])
+    for module, number in order.items():
+        source = (ROOT / "gcvit_nb" / f"{module}.py").read_text(encoding="utf-8")
+        for used in re.findall(r"^\s*from (?:\.|gcvit_nb\.)(\w+) import", source, flags=re.M):
+            assert order.get(used, -1) < number, f"{module} ({number}) imports {used} ({order.get(used)})"
