@@ -1,0 +1,188 @@
+"""Chapter 14 (gcvit_nb.deploy): every format the active backend can export is written,
+loaded in its own runtime and matched against the Keras logits; refusals and failures are
+clear and never destroy an existing output. Tiny model, small images: a few seconds each."""
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import tiny_model
+
+keras = pytest.importorskip("keras")
+deploy = pytest.importorskip("gcvit_nb.deploy")
+
+BACKEND = keras.backend.backend()
+RUNTIME_MODULE = {"saved_model": "tensorflow", "onnx": "onnxruntime",
+                  "litert": "ai_edge_litert", "openvino": "openvino"}
+EXPORTER_MODULE = {"onnx": "tf2onnx"}
+OWN = [f for f in deploy.FORMATS if BACKEND in deploy.EXPORTERS[f]]
+NOT_OWN = [f for f in deploy.FORMATS if BACKEND not in deploy.EXPORTERS[f]]
+
+
+def needs_runtime(fmt):
+    pytest.importorskip(RUNTIME_MODULE[fmt])
+    if fmt in EXPORTER_MODULE and BACKEND == "tensorflow":
+        pytest.importorskip(EXPORTER_MODULE[fmt])
+
+
+def out_path(folder: Path, fmt: str, stem: str = "model") -> Path:
+    return folder / (stem + {"saved_model": "", "onnx": ".onnx", "litert": ".tflite",
+                             "openvino": ".xml"}[fmt])
+
+
+@pytest.fixture(scope="module")
+def small_model():
+    "TINY config at 64x64 with synthetic weights (layer scale on, so every branch matters)."
+    return tiny_model((64, 64, 3), seed=3, layer_scale=1e-5)
+
+
+@pytest.fixture(scope="module")
+def photos64():
+    return deploy.sample_images(64)
+
+
+def leftovers(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("fmt", OWN)
+def test_export_is_verified_in_its_runtime(fmt, small_model, photos64, tmp_path):
+    needs_runtime(fmt)
+    path = out_path(tmp_path, fmt)
+    result = deploy.export_model(small_model, path, fmt, images=photos64)
+    assert result.max_abs_diff <= 1e-4
+    assert result.size_bytes == deploy.artifact_size(path, fmt) > 10_000
+    assert result.image_size == (64, 64) and result.backend == BACKEND
+    assert leftovers(tmp_path) == []
+    # dynamic batch: a batch size never seen during export runs and matches Keras
+    run = deploy.load_artifact(path, fmt)
+    x = np.concatenate([photos64, photos64[::-1], photos64[:1]])      # batch 7
+    want = deploy.keras_logits(small_model, x)
+    got = np.asarray(run(x))
+    assert got.shape == (7, 7)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("fmt", OWN[:1])
+def test_other_image_size_with_another_head(fmt, photos64, tmp_path):
+    "A model built for 96x96 with a 10-class head (not square windows of the 64 model)."
+    needs_runtime(fmt)
+    model = tiny_model((96, 96, 3), seed=4, num_classes=10)
+    result = deploy.export_model(model, out_path(tmp_path, fmt), fmt)
+    assert result.image_size == (96, 96) and result.max_abs_diff <= 1e-4
+    assert deploy.load_artifact(out_path(tmp_path, fmt), fmt)(
+        deploy.sample_images(96)).shape == (3, 10)
+
+
+def test_every_format_has_an_exporter_and_refusals_name_one():
+    for fmt in deploy.FORMATS:
+        assert deploy.EXPORTERS[fmt], fmt
+        for backend in ("tensorflow", "jax", "torch"):
+            if backend in deploy.EXPORTERS[fmt]:
+                assert deploy.check_supported(fmt, backend) == fmt
+                continue
+            with pytest.raises(deploy.ExportUnsupported) as e:
+                deploy.check_supported(fmt, backend)
+            msg = str(e.value)
+            assert f"from the {backend} backend" in msg
+            assert f"KERAS_BACKEND={deploy.EXPORTERS[fmt][0]}" in msg
+
+
+def test_unknown_format_and_aliases():
+    assert deploy.normalise_format("tf_saved_model") == "saved_model"
+    assert deploy.normalise_format("TFLite") == "litert"
+    with pytest.raises(ValueError, match="choose one of saved_model, onnx, litert, openvino"):
+        deploy.normalise_format("coreml")
+
+
+@pytest.mark.parametrize("fmt", NOT_OWN)
+def test_unsupported_pair_is_refused_before_any_work(fmt, small_model, tmp_path):
+    with pytest.raises(deploy.ExportUnsupported, match=deploy.EXPORTERS[fmt][0]):
+        deploy.export_model(small_model, out_path(tmp_path, fmt), fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("fmt", OWN[:2])
+def test_failed_export_keeps_the_existing_output(fmt, small_model, photos64, tmp_path):
+    needs_runtime(fmt)
+    path = out_path(tmp_path, fmt)
+    if fmt == "saved_model":
+        path.mkdir()
+        (path / "saved_model.pb").write_bytes(b"previous export")
+        keep = path / "saved_model.pb"
+    else:
+        keep = path if fmt != "openvino" else path.with_suffix(".bin")
+        path.write_bytes(b"previous export")
+        path.with_suffix(".bin").write_bytes(b"previous export")
+    with pytest.raises(deploy.ExportVerificationError, match="Nothing was written"):
+        deploy.export_model(small_model, path, fmt, images=photos64, atol=-1.0)  # never met
+    assert keep.read_bytes() == b"previous export"
+    assert leftovers(tmp_path) == []
+
+
+def test_foreign_destinations_are_refused(small_model, tmp_path):
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a SavedModel"):
+        deploy._check_destination(folder, "saved_model")
+    with pytest.raises(ValueError, match=r"\.xml"):
+        deploy._check_destination(tmp_path / "model.bin", "openvino")
+    with pytest.raises(FileExistsError, match="is a directory"):
+        deploy._check_destination(folder, "onnx")
+    assert (folder / "keep.txt").read_text() == "mine"
+
+
+def test_erfc_nodes_are_rewritten_as_one_minus_erf(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+    import math
+    graph = helper.make_graph(
+        [helper.make_node("Erfc", ["x"], ["y"], name="erfc")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 15)])
+    path = tmp_path / "erfc.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(Exception, match="Erfc"):
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert deploy.replace_erfc(path) == 1
+    assert deploy.replace_erfc(path) == 0
+    x = np.linspace(-4, 4, 81).astype("float32")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    y = sess.run(None, {"x": x})[0]
+    np.testing.assert_allclose(y, [math.erfc(v) for v in x.astype(float)], atol=2e-7)
+
+
+def test_cli_exports_a_fine_tuned_run_directory(tmp_path, capsys):
+    if not OWN:
+        pytest.skip(f"{BACKEND} exports no format")
+    fmt = "onnx" if "onnx" in OWN else OWN[0]
+    needs_runtime(fmt)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tiny_model((64, 64, 3), seed=5, num_classes=10).save(run_dir / "best.keras")
+    out = out_path(tmp_path, fmt, "flowers")
+    rc = deploy.export_cli(["--weights", str(run_dir), "--format", fmt, "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "verified in" in text and "64x64" in text
+    assert deploy.load_artifact(out, fmt)(deploy.sample_images(64)).shape == (3, 10)
+
+
+def test_cli_refusals_exit_2(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert deploy.export_cli(["--model", "gcvit_xxtiny", "--format", "coreml",
+                              "--out", str(out)]) == 2
+    assert "choose one of" in capsys.readouterr().err
+    assert deploy.export_cli(["--weights", str(tmp_path), "--format", OWN[0] if OWN else
+                              "onnx", "--out", str(out)]) == 2
+    assert "best.keras" in capsys.readouterr().err
+    if NOT_OWN:
+        fmt = NOT_OWN[0]
+        assert deploy.export_cli(["--model", "gcvit_xxtiny", "--format", fmt,
+                                  "--out", str(out_path(tmp_path, fmt))]) == 2
+        assert f"KERAS_BACKEND={deploy.EXPORTERS[fmt][0]}" in capsys.readouterr().err
+    assert not out.exists()
