@@ -28,6 +28,9 @@ _PUBLIC = {
     "load_data": "finetune", "load_image_folder": "finetune", "load_tfds": "finetune",
     "load_fashion_mnist": "finetune", "make_dataset": "finetune", "load_run_model": "finetune",
     "DatasetUnavailable": "finetune", "NonFiniteLoss": "finetune",
+    # 14_deploy: export to SavedModel / ONNX / LiteRT / OpenVINO, verified in each runtime
+    "export_model": "deploy", "load_artifact": "deploy", "verify_artifact": "deploy",
+    "ExportUnsupported": "deploy", "ExportVerificationError": "deploy",
     # chapter 09: benchmarks
     "run_benchmark": "benchmark",
 }
