@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book clean-nbs clean
+.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-gpu clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -62,6 +62,10 @@ test-book: export data book-deps
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "Chromium is needed: apt-get install chromium"; exit 1; }
 	GCVIT_SMOKE=1 $(BIN)/jupyter-book build . --path-output _build/smoke
 	$(VPY) tools/check_book.py _build/smoke/_build/html --screenshots _build/screenshots
+
+## test-gpu: the GPU run (.ci/run-gpu): CUDA builds in .venv-gpu, GPU unit tests and every notebook per backend
+test-gpu:
+	bash .ci/run-gpu
 
 clean-nbs: setup
 	$(BIN)/nbdev_clean
