@@ -189,3 +189,28 @@ def test_bad_arguments(book, tmp_path):
     assert nv.main(["--backends", "numpy", *map(str, book)]) == 2
     assert nv.main(["--limit", "nonsense", *map(str, book)]) == 2
     assert nv.main([str(tmp_path / "missing.ipynb")]) == 2
+
+
+def test_kernel_guard_end_to_end(tmp_path):
+    """One real nbval kernel per case (a few seconds): the start-up guard loads, hides TensorFlow when asked (the
+    failure is then a skip with its reason), and fails a notebook that ran Keras without an accelerator even
+    when the notebook itself never checks (on a GPU machine this test's second notebook would pass)."""
+    from gcvit_nb.backend import has_accelerator
+    logdir = tmp_path / "logs"
+    logdir.mkdir()
+    ipdir = tmp_path / "ipython"
+    (ipdir / "profile_default" / "startup").mkdir(parents=True)
+    (ipdir / "profile_default" / "startup" / "00-gcvit-gpu-guard.py").write_text(nv.GUARD_SOURCE)
+    needs_tf = notebook(tmp_path / "a.ipynb", "import os", "import tensorflow as tf")
+    rec = nv.run_notebook(needs_tf, BACKEND, 120, ["tensorflow", "tensorflow_datasets"], ipdir, logdir, True)
+    assert rec["status"] == "skipped" and "needs tensorflow" in rec["reason"], rec
+    assert rec["seconds"] > 0 and (logdir / "a.{}.log".format(BACKEND)).is_file()
+    cpu = notebook(tmp_path / "b.ipynb", "class P:\n    name = 'gpu'\nPROFILE = P()",
+                   "import keras\nkeras.ops.convert_to_numpy(keras.ops.ones(2) * 2)")
+    rec = nv.run_notebook(cpu, BACKEND, 120, [], ipdir, logdir, False)
+    assert rec["device"]["backend"] == BACKEND and rec["device"]["profile"] == "gpu"
+    assert rec["cells"]["passed"] == 2
+    if has_accelerator():
+        assert rec["status"] == "passed", rec
+    else:
+        assert rec["status"] == "failed" and "ran on the CPU" in rec["reason"], rec
