@@ -214,3 +214,72 @@ def test_kernel_guard_end_to_end(tmp_path):
         assert rec["status"] == "passed", rec
     else:
         assert rec["status"] == "failed" and "ran on the CPU" in rec["reason"], rec
+
+
+# ------------------------------------------------------------------------------------------ .ci/run-gpu
+RUN_GPU = nv.ROOT / ".ci" / "run-gpu"
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for the GPU venv's python: logs each call; the summary writer ('-') runs the real Python
+if [ "$1" = "-" ]; then exec {real} "$@"; fi
+echo "KERAS_BACKEND=${{KERAS_BACKEND:-}} REQUIRE=${{GCVIT_REQUIRE_ACCELERATOR:-}} SMOKE=${{GCVIT_SMOKE:-}} $*" >> {log}
+case "$*" in
+  *--preflight-only*) exit ${{FAKE_PREFLIGHT_RC:-0}} ;;
+  *pytest*tests/test_gpu.py*) [ "${{KERAS_BACKEND}}" = "${{FAKE_FAIL_UNITS:-none}}" ] && exit 1; exit 0 ;;
+  *) exit 0 ;;
+esac
+"""
+
+
+def _run_gpu(tmp_path, with_gpu=True, **env):
+    import subprocess
+    import sys
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    fake = bin_dir / "python-gpu"
+    fake.write_text(FAKE_PYTHON.format(real=sys.executable, log=log))
+    fake.chmod(0o755)
+    if with_gpu:
+        smi = bin_dir / "nvidia-smi"
+        smi.write_text('#!/bin/sh\n[ "$1" = -L ] && echo "GPU 0: Test GPU (UUID: GPU-0)" || echo "Test GPU, 80 GiB, 580"\n')
+        smi.chmod(0o755)
+    path = f"{bin_dir}:/usr/bin:/bin" if with_gpu else "/usr/bin:/bin"
+    out = tmp_path / "out"
+    full_env = {"PATH": path, "HOME": str(tmp_path), "GCVIT_GPU_PYTHON": str(fake), "GCVIT_GPU_OUT": str(out),
+                "GCVIT_SMOKE": "1", **env}
+    proc = subprocess.run(["bash", str(RUN_GPU)], env=full_env, capture_output=True, text=True, timeout=120)
+    calls = [c for c in (log.read_text().splitlines() if log.is_file() else []) if " -m pip " not in c]
+    run = json.loads((out / "run.json").read_text())
+    return proc, calls, run
+
+
+def test_run_gpu_refuses_without_a_gpu(tmp_path):
+    proc, calls, run = _run_gpu(tmp_path, with_gpu=False)
+    assert proc.returncode == 2 and calls == []
+    assert "No NVIDIA GPU" in proc.stderr
+    assert run["exit_status"] == 2 and [s["name"] for s in run["stages"]] == ["gpu-check"]
+
+
+def test_run_gpu_stages(tmp_path):
+    "Preflight, unit tests per backend (GPU required), then nbval (strict, within what is left of the budget)."
+    proc, calls, run = _run_gpu(tmp_path, GCVIT_GPU_BACKENDS="jax,torch", FAKE_FAIL_UNITS="torch")
+    assert proc.returncode == 1, proc.stdout + proc.stderr          # torch's unit tests failed
+    names = [s["name"] for s in run["stages"]]
+    assert names == ["install", "preflight", "units-jax", "units-torch", "nbval"]
+    assert [s["exit"] for s in run["stages"]] == [0, 0, 0, 1, 0]
+    assert "--preflight-only" in calls[0] and "--strict" in calls[0]
+    assert calls[1].startswith("KERAS_BACKEND=jax REQUIRE=1 SMOKE= ") and "tests/test_gpu.py" in calls[1]
+    assert calls[2].startswith("KERAS_BACKEND=torch REQUIRE=1 ")
+    nbval = calls[3]
+    assert "tools/nbval_gpu.py" in nbval and "--strict" in nbval and "--backends jax,torch" in nbval
+    budget = float(nbval.split("--budget-s ")[1].split()[0])
+    assert 3600 - 120 <= budget <= 3600 - 60
+    # a device rehearsal: skips allowed, a short budget
+    proc, calls, run = _run_gpu(tmp_path / "b", GCVIT_GPU_ALLOW_SKIPS="1", GCVIT_GPU_BUDGET_S="500")
+    assert proc.returncode == 0 and all("--strict" not in c for c in calls)
+    assert float(calls[-1].split("--budget-s ")[1].split()[0]) <= 440
+
+
+def test_run_gpu_stops_when_a_backend_does_not_see_the_gpu(tmp_path):
+    proc, calls, run = _run_gpu(tmp_path, FAKE_PREFLIGHT_RC="1")
+    assert proc.returncode == 1 and len(calls) == 1
+    assert [s["name"] for s in run["stages"]] == ["install", "preflight"]
