@@ -10,8 +10,10 @@ import importlib
 _PUBLIC = {
     # appendix A (00_backend): run profiles, device and precision probes, backend fast paths
     "active_profile": "backend", "runtime_summary": "backend", "Profile": "backend",
+    "has_accelerator": "backend", "accelerator_names": "backend", "pick_precision": "backend",
+    "export_mode": "backend",
+    "Conv2d": "backend", "DepthwiseConv2d": "backend", "Linear": "backend", "LayerNorm": "backend",
     # chapters 01-04: the building blocks
-    "Conv2d": "unit_blocks", "DepthwiseConv2d": "unit_blocks", "Linear": "unit_blocks", "LayerNorm": "unit_blocks",
     "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",
     "Mlp": "unit_blocks", "Stem": "stem", "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
     "RelativePositionBias": "attention", "window_partition": "attention", "window_reverse": "attention",

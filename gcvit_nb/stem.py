@@ -7,7 +7,8 @@ __all__ = ['Stem', 'stem_output_size']
 import keras
 from keras import layers
 
-from .unit_blocks import Conv2d, Downsample, register
+from .backend import Conv2d, register
+from .unit_blocks import Downsample
 
 # %% ../nbs/03_stem.ipynb #5f332475
 @register

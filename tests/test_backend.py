@@ -1,4 +1,4 @@
-"Chapter 00: run profiles, the runtime summary and the attention cost model."
+"Appendix A (backend: profiles, devices, precision, fast paths, export mode) and the cost model."
 import pytest
 
 import gcvit_nb
@@ -148,3 +148,311 @@ def test_package_exports_profile_helpers():
     assert gcvit_nb.Profile is backend.Profile
     assert gcvit_nb.active_profile is backend.active_profile
     assert gcvit_nb.runtime_summary is backend.runtime_summary
+
+
+# ---------------------------------------------------------------- GCVIT_REQUIRE_ACCELERATOR
+
+def test_require_accelerator(monkeypatch):
+    env = {"GCVIT_REQUIRE_ACCELERATOR": "1", "GCVIT_SMOKE": "1"}
+    if has_accelerator():
+        assert active_profile(env).name == "smoke"
+    else:
+        with pytest.raises(RuntimeError, match="GCVIT_REQUIRE_ACCELERATOR"):
+            active_profile(env)
+        monkeypatch.setenv("GCVIT_REQUIRE_ACCELERATOR", "yes")
+        with pytest.raises(RuntimeError, match="no GPU"):
+            active_profile()
+    for off in ("", "0", "false", "off"):
+        assert active_profile({"GCVIT_REQUIRE_ACCELERATOR": off, "GCVIT_SMOKE": "1"}).name == "smoke"
+
+
+# ---------------------------------------------------------------- devices and precision
+
+def test_accelerator_names_agree_with_has_accelerator():
+    names = backend.accelerator_names()
+    assert isinstance(names, list) and all(isinstance(n, str) and n for n in names)
+    assert bool(names) == has_accelerator()
+
+
+def test_driver_gpu_names_without_driver(monkeypatch):
+    def missing(*args, **kwargs):
+        raise FileNotFoundError("nvidia-smi")
+    monkeypatch.setattr(backend.subprocess, "run", missing)
+    assert backend.driver_gpu_names() == []
+
+
+def test_driver_gpu_names_parses_nvidia_smi(monkeypatch):
+    import subprocess
+    def fake(cmd, **kwargs):
+        assert cmd[0] == "nvidia-smi"
+        return subprocess.CompletedProcess(cmd, 0, stdout="NVIDIA H200\n\nNVIDIA H200\n", stderr="")
+    monkeypatch.setattr(backend.subprocess, "run", fake)
+    assert backend.driver_gpu_names() == ["NVIDIA H200", "NVIDIA H200"]
+
+
+@pytest.mark.parametrize("name", ["float32", "mixed_float16", "mixed_bfloat16"])
+def test_pick_precision_explicit(name):
+    assert backend.pick_precision(name) == name
+
+
+@pytest.mark.parametrize("bad", ["fp16", "bfloat16", "float64", ""])
+def test_pick_precision_rejects_unknown(bad):
+    with pytest.raises(ValueError, match="mixed_bfloat16"):
+        backend.pick_precision(bad)
+
+
+def test_pick_precision_auto():
+    got = backend.pick_precision()
+    if has_accelerator():
+        assert got in ("mixed_float16", "mixed_bfloat16")
+    else:
+        assert got == "float32"
+
+
+def test_pick_precision_auto_on_accelerators(monkeypatch):
+    monkeypatch.setattr(backend, "has_accelerator", lambda: True)
+    monkeypatch.setattr(backend, "_supports_bf16", lambda: True)
+    assert backend.pick_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(backend, "_supports_bf16", lambda: False)
+    assert backend.pick_precision("auto") == "mixed_float16"
+
+
+# ---------------------------------------------------------------- fast paths against plain keras.ops / NumPy
+
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from conftest import to_numpy  # noqa: E402
+from gcvit_nb.backend import (LAYER_NORM_EPS, Conv2d, DepthwiseConv2d, LayerNorm, Linear,  # noqa: E402
+                              conv2d_nhwc, export_mode, exporting, gelu, layer_norm, max_pool_3x3_s2,
+                              pad_hw)
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def both_paths(fn, *args):
+    "fn(*args) through the fast path and in export mode (plain keras.ops), as NumPy."
+    fast = to_numpy(fn(*args))
+    with export_mode():
+        plain = to_numpy(fn(*args))
+    return fast, plain
+
+
+def numpy_conv(x, kernel, stride, pad, depthwise=False):
+    "Direct NHWC convolution in float64 (kernel HWIO, or (kh, kw, C, 1) for depthwise)."
+    x = np.pad(x.astype("float64"), [(0, 0), (pad, pad), (pad, pad), (0, 0)])
+    kh, kw = kernel.shape[:2]
+    h = (x.shape[1] - kh) // stride + 1
+    w = (x.shape[2] - kw) // stride + 1
+    out = None
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i:i + stride * (h - 1) + 1:stride, j:j + stride * (w - 1) + 1:stride, :]
+            term = patch * kernel[i, j, :, 0] if depthwise else patch @ kernel[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def test_export_mode_flag_nests_and_restores():
+    assert not exporting()
+    with export_mode():
+        assert exporting()
+        with export_mode():
+            assert exporting()
+        assert exporting()
+    assert not exporting()
+    with pytest.raises(KeyError):
+        with export_mode():
+            raise KeyError("boom")
+    assert not exporting(), "export_mode must be left even when the block raises"
+
+
+def test_export_mode_turns_every_fast_path_off():
+    import keras
+    active = keras.backend.backend()
+    assert backend._fast(active)
+    with export_mode():
+        assert not any(backend._fast(b) for b in ("tensorflow", "jax", "torch"))
+
+
+@pytest.mark.parametrize("shape, stride, pad", [((2, 9, 10, 5), 1, 1), ((2, 9, 10, 5), 2, 1),
+                                                 ((1, 8, 8, 3), 2, 1), ((1, 7, 6, 4), 1, 0),
+                                                 ((1, 1, 2, 3), 2, 1), ((1, 5, 5, 2), 2, 0)])
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_conv2d_nhwc_matches_numpy(shape, stride, pad, depthwise):
+    x = rng(1).standard_normal(shape).astype("float32")
+    c = shape[-1]
+    kernel = rng(2).standard_normal((3, 3, c, 1 if depthwise else 6)).astype("float32")
+    want = numpy_conv(x, kernel, stride, pad, depthwise)
+    fast, plain = both_paths(lambda: conv2d_nhwc(x, kernel, stride, pad, depthwise=depthwise))
+    assert fast.shape == want.shape == (shape[0], (shape[1] + 2 * pad - 3) // stride + 1,
+                                        (shape[2] + 2 * pad - 3) // stride + 1, c if depthwise else 6)
+    np.testing.assert_allclose(fast, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_layers_match_keras_layers_and_shapes():
+    import keras
+    x = rng(3).standard_normal((2, 9, 10, 8)).astype("float32")
+    conv = Conv2d(16, 3, strides=2, pad=1)
+    got = to_numpy(conv(x))
+    ref = keras.layers.Conv2D(16, 3, strides=2, padding="valid")
+    ref.build((2, 11, 12, 8))
+    ref.set_weights(conv.get_weights())
+    np.testing.assert_allclose(got, to_numpy(ref(pad_hw(x))), rtol=1e-5, atol=1e-5)
+    assert got.shape == conv.compute_output_shape(x.shape) == (2, 5, 5, 16)
+    dw = DepthwiseConv2d(3, pad=1)
+    got = to_numpy(dw(x))
+    ref = keras.layers.DepthwiseConv2D(3, padding="same", use_bias=False)
+    ref.build(x.shape)
+    ref.set_weights(dw.get_weights())
+    np.testing.assert_allclose(got, to_numpy(ref(x)), rtol=1e-5, atol=1e-5)
+    assert got.shape == dw.compute_output_shape(x.shape) == x.shape
+    assert conv.compute_output_shape((None, None, 7, 8)) == (None, None, 4, 16)
+
+
+def test_conv_layers_config_round_trip():
+    import keras
+    for layer in (Conv2d(4, 3, strides=2, pad=1, use_bias=False, name="c"), DepthwiseConv2d(3, pad=1, name="d")):
+        clone = type(layer).from_config(layer.get_config())
+        assert clone.pad == 1 and clone.strides == layer.strides
+        again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+        assert type(again) is type(layer) and again.pad == 1
+
+
+def test_depthwise_refuses_bias_and_multiplier():
+    with pytest.raises(ValueError, match="use_bias"):
+        DepthwiseConv2d(3, pad=1, use_bias=True)
+    with pytest.raises(ValueError, match="depth_multiplier"):
+        DepthwiseConv2d(3, pad=1, depth_multiplier=2)
+
+
+@pytest.mark.parametrize("use_bias, activation", [(True, None), (False, None), (True, "relu")])
+def test_linear_matches_numpy(use_bias, activation):
+    x = rng(4).standard_normal((2, 3, 5, 6)).astype("float32")
+    layer = Linear(4, use_bias=use_bias, activation=activation)
+    layer.build(x.shape)
+    weights = [rng(5).standard_normal(tuple(w.shape)).astype("float32") for w in layer.weights]
+    layer.set_weights(weights)
+    want = x.astype("float64") @ weights[0] + (weights[1] if use_bias else 0.0)
+    if activation == "relu":
+        want = np.maximum(want, 0.0)
+    fast, plain = both_paths(layer, x)
+    np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 5, 16), (3, 7, 12), (4, 8)])
+def test_layer_norm_matches_numpy(shape):
+    x = rng(6).normal(2.0, 3.0, shape).astype("float32")
+    layer = layer_norm("ln")
+    assert isinstance(layer, LayerNorm) and layer.epsilon == LAYER_NORM_EPS == 1e-5
+    layer.build(x.shape)
+    c = shape[-1]
+    gamma, beta = np.linspace(0.5, 2, c, dtype="float32"), np.linspace(-1, 1, c, dtype="float32")
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    x64 = x.astype("float64")
+    want = (x64 - x64.mean(-1, keepdims=True)) / np.sqrt(x64.var(-1, keepdims=True) + 1e-5) * gamma + beta
+    fast, plain = both_paths(layer, x)
+    np.testing.assert_allclose(fast, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(plain, want, rtol=1e-4, atol=1e-4)
+
+
+def numpy_max_pool(x):
+    "3×3 stride-2 max-pool with padding 1 that never wins (PyTorch's -inf padding)."
+    b, h, w, c = x.shape
+    oh, ow = math.ceil(h / 2), math.ceil(w / 2)
+    out = np.empty((b, oh, ow, c), x.dtype)
+    for i in range(oh):
+        for j in range(ow):
+            out[:, i, j] = x[:, max(2 * i - 1, 0):2 * i + 2, max(2 * j - 1, 0):2 * j + 2].max((1, 2))
+    return out
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 10, 3), (1, 8, 8, 2), (1, 5, 3, 4), (1, 1, 2, 1)])
+def test_max_pool_matches_numpy_with_inf_padding(shape):
+    x = rng(7).standard_normal(shape).astype("float32") - 3.0   # mostly negative: zero padding would win
+    assert (x < 0).mean() > 0.9
+    want = numpy_max_pool(x)
+    fast, plain = both_paths(max_pool_3x3_s2, x)
+    np.testing.assert_array_equal(fast, want)
+    np.testing.assert_array_equal(plain, want)
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 10, 3), (1, 8, 8, 2), (1, 5, 3, 4), (1, 1, 2, 1)])
+def test_max_pool_matches_torch(shape):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    x = rng(21).standard_normal(shape).astype("float32") - 3.0   # mostly negative: padding must be -inf, not 0
+    assert (x < 0).mean() > 0.9
+    y = to_numpy(max_pool_3x3_s2(x))
+    ref = F.max_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), kernel_size=3, stride=2, padding=1)
+    ref = ref.permute(0, 2, 3, 1).numpy()
+    assert y.shape == ref.shape == (shape[0], math.ceil(shape[1] / 2), math.ceil(shape[2] / 2), shape[3])
+    np.testing.assert_array_equal(y, ref)
+
+
+def test_max_pool_all_negative_borders():
+    x = -np.ones((1, 4, 4, 1), "float32") * np.arange(1, 17, dtype="float32").reshape(1, 4, 4, 1)
+    y = to_numpy(max_pool_3x3_s2(x))[0, :, :, 0]
+    # windows centred on (0,0), (0,2), (2,0), (2,2): maxima of the 3×3 (clipped) neighbourhoods
+    np.testing.assert_array_equal(y, [[-1, -2], [-5, -6]])
+
+
+def test_gelu_is_exact_erf_gelu():
+    x = np.concatenate([np.linspace(-12, 12, 241), rng(8).standard_normal(200) * 3]).astype("float32")
+    erf = np.vectorize(math.erf)
+    want = 0.5 * x.astype("float64") * (1 + erf(x.astype("float64") / math.sqrt(2)))
+    fast, plain = both_paths(gelu, x)
+    np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(plain, want, rtol=1e-5, atol=1e-6)
+    tanh_approx = 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    assert np.abs(tanh_approx - want).max() > 1e-4, "gelu must be the exact (erf) GELU, not the tanh one"
+
+
+def test_gelu_graph_has_no_erfc_on_tensorflow():
+    import keras
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the Erfc op is a TensorFlow graph detail")
+    import tensorflow as tf
+    from gcvit_nb.unit_blocks import MBConv
+    block = MBConv(8)
+    block.build((1, 5, 5, 8))
+    for mode in (False, True):
+        with export_mode() if mode else __import__("contextlib").nullcontext():
+            graph = tf.function(block).get_concrete_function(tf.TensorSpec((None, 5, 5, 8))).graph
+        types = {op.type for op in graph.get_operations()}
+        assert "Erf" in types and "Erfc" not in types, sorted(types)
+
+
+def test_export_mode_keeps_model_outputs():
+    import keras
+    if keras.backend.backend() == "jax":
+        pytest.skip("eager JAX calls of a whole model take minutes; the per-operation tests cover JAX")
+    from conftest import images, tiny_model
+    keras.utils.set_random_seed(3)
+    model = tiny_model((64, 64, 3))                  # random initial weights
+    x = images((2, 64, 64, 3), seed=4)
+    fast = to_numpy(model(x, training=False))
+    with export_mode():
+        plain = to_numpy(model(x, training=False))
+    assert np.ptp(fast) > 1e-2
+    np.testing.assert_allclose(plain, fast, rtol=1e-4, atol=1e-4)
+
+
+def test_package_exports_backend_names():
+    for name in ("Conv2d", "DepthwiseConv2d", "Linear", "LayerNorm", "export_mode", "pick_precision",
+                 "accelerator_names", "has_accelerator"):
+        assert getattr(gcvit_nb, name) is getattr(backend, name)
+        assert name in backend.__all__
+
+
+def test_unit_blocks_still_reexport_basic_layers():
+    "06_model imports Linear, layer_norm and register from unit_blocks: they are the backend's."
+    from gcvit_nb import unit_blocks
+    for name in ("Linear", "layer_norm", "register"):
+        assert getattr(unit_blocks, name) is getattr(backend, name)

@@ -8,7 +8,7 @@ from conftest import to_numpy
 from gcvit_nb.attention import (RelativePositionBias, WindowAttention, relative_position_index, window_partition,
                                 window_reverse)
 from gcvit_nb.global_tokens import (GlobalTokenGenerator, bicubic_resize_matrix, global_token_levels,
-                                    max_pool_3x3_s2, pooled_size, resize_tokens)
+                                    pooled_size, resize_tokens)
 from gcvit_nb.stem import Stem, stem_output_size
 from gcvit_nb.unit_blocks import DropPath, Downsample, MBConv, SqueezeExcite, make_divisible
 
@@ -287,27 +287,7 @@ def test_window_attention_rejects_indivisible_heads():
         WindowAttention(10, 3, (2, 2))
 
 
-# ---------------------------------------------------------------- global tokens: pooling and bicubic resize
-
-@pytest.mark.parametrize("shape", [(2, 7, 10, 3), (1, 8, 8, 2), (1, 5, 3, 4), (1, 1, 2, 1)])
-def test_max_pool_matches_torch(shape):
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F
-    x = rng(21).standard_normal(shape).astype("float32") - 3.0   # mostly negative: padding must be -inf, not 0
-    assert (x < 0).mean() > 0.9
-    y = to_numpy(max_pool_3x3_s2(x))
-    ref = F.max_pool2d(torch.from_numpy(x).permute(0, 3, 1, 2), kernel_size=3, stride=2, padding=1)
-    ref = ref.permute(0, 2, 3, 1).numpy()
-    assert y.shape == ref.shape == (shape[0], math.ceil(shape[1] / 2), math.ceil(shape[2] / 2), shape[3])
-    np.testing.assert_array_equal(y, ref)
-
-
-def test_max_pool_all_negative_borders():
-    x = -np.ones((1, 4, 4, 1), "float32") * np.arange(1, 17, dtype="float32").reshape(1, 4, 4, 1)
-    y = to_numpy(max_pool_3x3_s2(x))[0, :, :, 0]
-    # windows centred on (0,0), (0,2), (2,0), (2,2): maxima of the 3×3 (clipped) neighbourhoods
-    np.testing.assert_array_equal(y, [[-1, -2], [-5, -6]])
-
+# ---------------------------------------------------------------- global tokens: bicubic resize (pooling: test_backend)
 
 @pytest.mark.parametrize("n_in, n_out", [(5, 9), (9, 5), (7, 13), (13, 9), (8, 3), (3, 8), (4, 4), (1, 3), (2, 5)])
 def test_bicubic_resize_matrix_matches_torch(n_in, n_out):
