@@ -148,10 +148,12 @@ def _gcvit_record(result=None):
     ip = get_ipython()
     prof = ip.user_ns.get("PROFILE")
     info["profile"] = getattr(prof, "name", None)
-    if getattr(result, "error_in_exec", None) is not None:
-        info["first_error"] = f"{type(result.error_in_exec).__name__}: {result.error_in_exec}"[:500]
     previous = _gcvit_state.get("last") or {}
-    for key in ("backend", "accelerator", "devices", "profile", "first_error"):   # keep what earlier cells showed
+    if previous.get("first_error"):
+        info["first_error"] = previous["first_error"]
+    elif getattr(result, "error_in_exec", None) is not None:
+        info["first_error"] = f"{type(result.error_in_exec).__name__}: {result.error_in_exec}"[:500]
+    for key in ("backend", "accelerator", "devices", "profile"):   # keep what earlier cells showed
         if info.get(key) in (None, [], False) and previous.get(key) not in (None, [], False):
             info[key] = previous[key]
     _gcvit_state["last"] = info
@@ -458,6 +460,11 @@ def main(argv=None) -> int:
         print(f"No such notebook(s): {', '.join(missing)}", file=sys.stderr)
         return 2
     notebooks = [n.resolve() for n in notebooks]
+    lacking = [m for m in ("nbval", "ipykernel") if not args.preflight_only and not _installed(m)]
+    if lacking:
+        print(f"{' and '.join(lacking)} not installed for {sys.executable}: pip install nbval ipykernel.",
+              file=sys.stderr)
+        return 2
     out = Path(args.out).resolve()
     logdir = out.parent / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
