@@ -5,9 +5,9 @@ __all__ = ['global_attention_flops', 'window_attention_flops']
 
 # %% ../nbs/01_motivation.ipynb #ca7b40e2
 def global_attention_flops(n_tokens: int, dim: int) -> int:
-    "Multiply-adds of one global self-attention layer (ViT): projections plus the N×N score and mix products."
+    "Multiply-adds of one global self-attention layer (ViT): projections + N×N terms."
     return 4 * n_tokens * dim * dim + 2 * n_tokens * n_tokens * dim
 
 def window_attention_flops(n_tokens: int, dim: int, window: int) -> int:
-    "Multiply-adds of window attention (Swin, GCViT): every token attends to the `window`² tokens of its window."
+    "Multiply-adds of window attention (Swin, GCViT): a token meets `window`² tokens."
     return 4 * n_tokens * dim * dim + 2 * n_tokens * window * window * dim
