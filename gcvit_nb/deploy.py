@@ -322,8 +322,7 @@ def sample_images(size: int = 224) -> np.ndarray:
 # %% ../nbs/14_deploy.ipynb #8fab8d45
 def load_for_export(name=None, weights=None, image_size=None, random_weights=False):
     "The model `gcvit-nb export` exports (see the CLI's help for the rules)."
-    import gcvit_nb
-    import gcvit_nb.pretrained  # noqa: F401  (registers GCViT's layers for load_model)
+    from gcvit_nb.pretrained import create_model  # also registers GCViT for load_model
     if weights is not None:
         weights = Path(weights)
         if weights.is_dir():
@@ -340,10 +339,11 @@ def load_for_export(name=None, weights=None, image_size=None, random_weights=Fal
     else:
         pretrained = False if random_weights else (str(weights) if weights else True)
         size = None if image_size is None else (image_size, image_size, 3)
-        return gcvit_nb.create_model(name, pretrained=pretrained, input_shape=size)
+        return create_model(name, pretrained=pretrained, input_shape=size)
     size = tuple(model.inputs[0].shape[1:3])
     if image_size is not None and size != (image_size, image_size):
-        model = gcvit_nb.resize_model(model, (image_size, image_size, 3))
+        from gcvit_nb.checkpoints import resize_model
+        model = resize_model(model, (image_size, image_size, 3))
     return model
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_model
+from conftest import TINY
 
 keras = pytest.importorskip("keras")
 deploy = pytest.importorskip("gcvit_nb.deploy")
@@ -18,6 +18,16 @@ RUNTIME_MODULE = {"saved_model": "tensorflow", "onnx": "onnxruntime",
 EXPORTER_MODULE = {"onnx": "tf2onnx"}
 OWN = [f for f in deploy.FORMATS if BACKEND in deploy.EXPORTERS[f]]
 NOT_OWN = [f for f in deploy.FORMATS if BACKEND not in deploy.EXPORTERS[f]]
+
+
+def tiny_model(input_shape, seed, **overrides):
+    "TINY-config GCViT with every initial weight perturbed by N(0, 0.1) (seeded): no branch is inert."
+    from gcvit_nb.model import GCViT
+    model = GCViT(**{**TINY, **overrides}, input_shape=input_shape)
+    rng = np.random.default_rng(seed)
+    model.set_weights([w + rng.normal(0.0, 0.1, w.shape).astype(w.dtype)
+                       for w in model.get_weights()])
+    return model
 
 
 def needs_runtime(fmt):
@@ -33,8 +43,8 @@ def out_path(folder: Path, fmt: str, stem: str = "model") -> Path:
 
 @pytest.fixture(scope="module")
 def small_model():
-    "TINY config at 64x64 with synthetic weights (layer scale on, so every branch matters)."
-    return tiny_model((64, 64, 3), seed=3, layer_scale=1e-5)
+    "A shallow TINY config at 64x64 with synthetic weights (layer scale on: every branch counts)."
+    return tiny_model((64, 64, 3), seed=3, layer_scale=1e-5, depths=(1, 1, 2, 1))
 
 
 @pytest.fixture(scope="module")
@@ -42,19 +52,34 @@ def photos64():
     return deploy.sample_images(64)
 
 
+@pytest.fixture(scope="module")
+def exported(small_model, photos64, tmp_path_factory):
+    "Each format this backend exports, written once: {fmt: (folder, path, ExportResult)}."
+    done = {}
+
+    def get(fmt):
+        if fmt not in done:
+            folder = tmp_path_factory.mktemp(fmt)
+            path = out_path(folder, fmt)
+            done[fmt] = folder, path, deploy.export_model(small_model, path, fmt,
+                                                          images=photos64)
+        return done[fmt]
+    return get
+
+
 def leftovers(folder: Path) -> list:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
 @pytest.mark.parametrize("fmt", OWN)
-def test_export_is_verified_in_its_runtime(fmt, small_model, photos64, tmp_path):
+def test_export_is_verified_in_its_runtime(fmt, small_model, photos64, exported):
     needs_runtime(fmt)
-    path = out_path(tmp_path, fmt)
-    result = deploy.export_model(small_model, path, fmt, images=photos64)
+    folder, path, result = exported(fmt)
     assert result.max_abs_diff <= 1e-4
+    assert np.abs(deploy.keras_logits(small_model, photos64)).max() > 0.1  # not trivial
     assert result.size_bytes == deploy.artifact_size(path, fmt) > 10_000
     assert result.image_size == (64, 64) and result.backend == BACKEND
-    assert leftovers(tmp_path) == []
+    assert leftovers(folder) == []
     # dynamic batch: a batch size never seen during export runs and matches Keras
     run = deploy.load_artifact(path, fmt)
     x = np.concatenate([photos64, photos64[::-1], photos64[:1]])      # batch 7
@@ -64,15 +89,18 @@ def test_export_is_verified_in_its_runtime(fmt, small_model, photos64, tmp_path)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("fmt", OWN[:1])
-def test_other_image_size_with_another_head(fmt, photos64, tmp_path):
-    "A model built for 96x96 with a 10-class head (not square windows of the 64 model)."
+@pytest.mark.parametrize("fmt", OWN)
+def test_verification_catches_a_wrong_artifact(fmt, small_model, photos64, exported):
     needs_runtime(fmt)
-    model = tiny_model((96, 96, 3), seed=4, num_classes=10)
-    result = deploy.export_model(model, out_path(tmp_path, fmt), fmt)
-    assert result.image_size == (96, 96) and result.max_abs_diff <= 1e-4
-    assert deploy.load_artifact(out_path(tmp_path, fmt), fmt)(
-        deploy.sample_images(96)).shape == (3, 10)
+    _, path, _ = exported(fmt)
+    want = deploy.keras_logits(small_model, photos64)
+    assert deploy.verify_artifact(path, fmt, photos64, want) <= 1e-4
+    wrong = want.copy()
+    wrong[0, 3] += 1e-3                                   # one logit of one image
+    with pytest.raises(deploy.ExportVerificationError, match="max |diff|"):
+        deploy.verify_artifact(path, fmt, photos64, wrong)
+    with pytest.raises(deploy.ExportVerificationError, match="shape"):
+        deploy.verify_artifact(path, fmt, photos64, want[:, :5])
 
 
 def test_every_format_has_an_exporter_and_refusals_name_one():
@@ -103,20 +131,44 @@ def test_unsupported_pair_is_refused_before_any_work(fmt, small_model, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.parametrize("fmt", OWN[:2])
-def test_failed_export_keeps_the_existing_output(fmt, small_model, photos64, tmp_path):
-    needs_runtime(fmt)
-    path = out_path(tmp_path, fmt)
+def _previous_output(path, fmt):
+    "Put a previous 'export' at path; return the file whose bytes must survive."
     if fmt == "saved_model":
         path.mkdir()
         (path / "saved_model.pb").write_bytes(b"previous export")
-        keep = path / "saved_model.pb"
-    else:
-        keep = path if fmt != "openvino" else path.with_suffix(".bin")
-        path.write_bytes(b"previous export")
-        path.with_suffix(".bin").write_bytes(b"previous export")
+        return path / "saved_model.pb"
+    path.write_bytes(b"previous export")
+    path.with_suffix(".bin").write_bytes(b"previous export")
+    return path
+
+
+@pytest.mark.parametrize("fmt", OWN[-1:])
+def test_failed_verification_keeps_the_existing_output(fmt, small_model, photos64, tmp_path):
+    needs_runtime(fmt)
+    path = out_path(tmp_path, fmt)
+    keep = _previous_output(path, fmt)
     with pytest.raises(deploy.ExportVerificationError, match="Nothing was written"):
         deploy.export_model(small_model, path, fmt, images=photos64, atol=-1.0)  # never met
+    assert keep.read_bytes() == b"previous export"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("fmt", deploy.FORMATS)
+def test_crashed_export_keeps_the_existing_output(fmt, small_model, photos64, tmp_path,
+                                                  monkeypatch):
+    def crash(model, path, fmt):
+        path = Path(path)
+        if fmt == "saved_model":
+            path.mkdir()
+            path = path / "saved_model.pb"
+        path.write_bytes(b"half an artifact")
+        raise RuntimeError("converter crashed")
+    monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)
+    monkeypatch.setattr(deploy, "write_artifact", crash)
+    path = out_path(tmp_path, fmt)
+    keep = _previous_output(path, fmt)
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        deploy.export_model(small_model, path, fmt, images=photos64)
     assert keep.read_bytes() == b"previous export"
     assert leftovers(tmp_path) == []
 
@@ -156,20 +208,22 @@ def test_erfc_nodes_are_rewritten_as_one_minus_erf(tmp_path):
     np.testing.assert_allclose(y, [math.erfc(v) for v in x.astype(float)], atol=2e-7)
 
 
-def test_cli_exports_a_fine_tuned_run_directory(tmp_path, capsys):
-    if not OWN:
-        pytest.skip(f"{BACKEND} exports no format")
+def test_cli_exports_a_fine_tuned_run_directory_at_another_size(tmp_path, capsys):
+    "A run directory's best.keras (10-class head, 64x64) exported at 96x96 (resize_model)."
     fmt = "onnx" if "onnx" in OWN else OWN[0]
     needs_runtime(fmt)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    tiny_model((64, 64, 3), seed=5, num_classes=10).save(run_dir / "best.keras")
+    tiny_model((64, 64, 3), seed=5, num_classes=10, depths=(1, 1, 2, 1)).save(
+        run_dir / "best.keras")
     out = out_path(tmp_path, fmt, "flowers")
-    rc = deploy.export_cli(["--weights", str(run_dir), "--format", fmt, "--out", str(out)])
+    rc = deploy.export_cli(["--weights", str(run_dir), "--format", fmt, "--out", str(out),
+                            "--image-size", "96"])
     text = capsys.readouterr().out
     assert rc == 0, text
-    assert "verified in" in text and "64x64" in text
-    assert deploy.load_artifact(out, fmt)(deploy.sample_images(64)).shape == (3, 10)
+    assert "verified in" in text and "96x96" in text
+    logits = deploy.load_artifact(out, fmt)(deploy.sample_images(96))
+    assert logits.shape == (3, 10) and np.isfinite(logits).all()
 
 
 def test_cli_refusals_exit_2(tmp_path, capsys):
