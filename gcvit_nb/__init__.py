@@ -17,14 +17,17 @@ _PUBLIC = {
     "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",
     "Mlp": "unit_blocks", "Stem": "stem", "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
     "RelativePositionBias": "attention", "window_partition": "attention", "window_reverse": "attention",
-    # chapter 05: the model, its variants and timm weights
+    # 06_model: the model and its variants
     "GCViT": "model", "GCViTBlock": "model", "GCViTStage": "model", "VARIANTS": "model",
-    "load_timm_weights": "model", "timm_state_dict": "model", "resize_model": "model",
-    # chapter 06: pretrained weights (its create_model adds `pretrained=` to chapter 05's), images, labels
-    "create_model": "pretrained", "PRETRAINED": "pretrained", "load_pretrained": "pretrained",
-    "download_checkpoint": "pretrained", "read_checkpoint": "pretrained", "preprocess_image": "pretrained",
-    "decode_predictions": "pretrained", "official_to_timm": "pretrained", "timm_to_official": "pretrained",
-    "PretrainedWeightsUnavailable": "pretrained",
+    "stage_geometry": "model",
+    # 07_checkpoints (appendix B): checkpoint files, layouts, strict loading, size transfer
+    "read_checkpoint": "checkpoints", "load_timm_weights": "checkpoints", "timm_state_dict": "checkpoints",
+    "load_pretrained": "checkpoints", "resize_model": "checkpoints", "official_to_timm": "checkpoints",
+    "timm_to_official": "checkpoints", "describe_checkpoint": "checkpoints", "guess_variant": "checkpoints",
+    # 08_pretrained: the one create_model, downloads, preprocessing, ImageNet labels
+    "create_model": "pretrained", "PRETRAINED": "pretrained", "download_checkpoint": "pretrained",
+    "fetch_checkpoint": "pretrained", "PretrainedWeightsUnavailable": "pretrained",
+    "preprocess_image": "pretrained", "decode_predictions": "pretrained", "imagenet_labels": "pretrained",
     # chapter 07: fine-tuning (data pipelines, recipe, safe run directories)
     # (the function finetune() is reached as gcvit_nb.finetune.finetune: the module has the same name)
     "load_data": "finetune", "load_image_folder": "finetune", "load_tfds": "finetune",

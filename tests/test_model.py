@@ -1,16 +1,16 @@
-"Chapter 05: the full model against timm, any input size, saving, mixed precision, weights and errors."
+"06_model: the full model against timm, any input size, saving, mixed precision, bad inputs and arguments."
 import gc
 import json
 import math
+import time
+import warnings
 
 import numpy as np
 import pytest
 import keras
 
 import gcvit_nb
-from conftest import (FIXTURES, PARITY_FILES, TINY, images, run, state_shapes, tiny_model,
-                      weights_numpy)
-from synthetic_weights import synthetic_state_dict
+from conftest import FIXTURES, PARITY_FILES, TINY, images, run, state_shapes, tiny_model, to_numpy
 
 BACKEND = keras.backend.backend()
 PARITY_TOL = 1e-4
@@ -108,7 +108,7 @@ def build_uninitialised(build):
 
 @pytest.mark.parametrize("variant", sorted(TIMM_COUNTS))
 def test_parameter_count_matches_timm(variant):
-    model = build_uninitialised(lambda: gcvit_nb.create_model(variant))
+    model = build_uninitialised(lambda: gcvit_nb.GCViT.from_variant(variant))
     try:
         assert model.count_params() == TIMM_COUNTS[variant]
         assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
@@ -247,166 +247,6 @@ def test_policy_restored_after_mixed_precision_test():
     assert keras.config.dtype_policy().name == "float32"
 
 
-# ---------------------------------------------------------------- size transfer
-
-def test_resize_same_windows_keeps_every_weight(tiny160_model):
-    model = tiny160_model
-    new = gcvit_nb.resize_model(model, (168, 168, 3))
-    assert new.window_sizes == model.window_sizes
-    assert new.gcvit_config["input_shape"] == (168, 168, 3)
-    old_sd, new_sd = gcvit_nb.timm_state_dict(model), gcvit_nb.timm_state_dict(new)
-    assert set(old_sd) == set(new_sd)
-    for k in old_sd:
-        np.testing.assert_array_equal(new_sd[k], old_sd[k], err_msg=k)
-
-
-def _check_table_transfer(model, new):
-    old_sd, new_sd = gcvit_nb.timm_state_dict(model), gcvit_nb.timm_state_dict(new)
-    assert set(old_sd) == set(new_sd)
-    tables = [k for k in old_sd if k.endswith("relative_position_bias_table")]
-    assert len(tables) == sum(TINY["depths"])
-    for k in old_sd:
-        if k in tables:
-            continue
-        np.testing.assert_array_equal(new_sd[k], old_sd[k], err_msg=k)
-    for k in tables:
-        stage = int(k.split(".")[1])
-        (oh, ow), (nh, nw) = model.window_sizes[stage], new.window_sizes[stage]
-        old, res = old_sd[k], new_sd[k]
-        assert res.shape == ((2 * nh - 1) * (2 * nw - 1), old.shape[1]) != old.shape
-        # zero offset: the centre row of the table is carried over
-        np.testing.assert_allclose(res[(nh - 1) * (2 * nw - 1) + nw - 1], old[(oh - 1) * (2 * ow - 1) + ow - 1],
-                                   rtol=1e-5, atol=1e-5, err_msg=k)
-        assert res.std() > 0.5 * old.std()
-    return old_sd, new_sd, tables
-
-
-def test_resize_bigger_windows_square(tiny160_model):
-    model = tiny160_model
-    new = gcvit_nb.resize_model(model, (224, 224, 3))
-    assert [tuple(w) for w in model.window_sizes] == [(5, 5), (5, 5), (10, 10), (5, 5)]
-    assert [tuple(w) for w in new.window_sizes] == [(7, 7), (7, 7), (14, 14), (7, 7)]
-    _check_table_transfer(model, new)     # (the resized non-square model below is also run)
-
-
-def test_resize_bigger_windows_nonsquare(nonsquare_tiny_model):
-    torch = pytest.importorskip("torch")
-    import torch.nn.functional as F
-    model = nonsquare_tiny_model
-    new = gcvit_nb.resize_model(model, (256, 352, 3))
-    assert [tuple(w) for w in model.window_sizes] == [(6, 9), (6, 9), (12, 18), (6, 9)]
-    assert [tuple(w) for w in new.window_sizes] == [(8, 11), (8, 11), (16, 22), (8, 11)]
-    old_sd, new_sd, tables = _check_table_transfer(model, new)
-    for k in tables:  # the whole table, as timm resizes it: bicubic on the (2h-1, 2w-1) grid, align_corners=False
-        stage = int(k.split(".")[1])
-        (oh, ow), (nh, nw) = model.window_sizes[stage], new.window_sizes[stage]
-        grid = torch.from_numpy(old_sd[k].T.reshape(1, -1, 2 * oh - 1, 2 * ow - 1).copy())
-        ref = F.interpolate(grid, size=(2 * nh - 1, 2 * nw - 1), mode="bicubic", align_corners=False)
-        np.testing.assert_allclose(new_sd[k], ref[0].reshape(ref.shape[1], -1).T.numpy(), rtol=1e-5, atol=1e-5)
-    y = run(new, images((1, 256, 352, 3)))
-    assert y.shape == (1, TINY["num_classes"]) and np.all(np.isfinite(y))
-
-
-# ---------------------------------------------------------------- load_timm_weights strictness
-
-def fresh_state(model, seed=99):
-    return synthetic_state_dict(state_shapes(model), seed)
-
-
-def assert_failed_load_changes_nothing(model, state, key, error=ValueError):
-    before = weights_numpy(model)
-    with pytest.raises(error) as err:
-        gcvit_nb.load_timm_weights(model, state)
-    assert key in str(err.value)
-    after = weights_numpy(model)
-    for path, value in before.items():
-        np.testing.assert_array_equal(after[path], value, err_msg=path)
-    return str(err.value)
-
-
-def test_load_missing_key(tiny64):
-    state = fresh_state(tiny64)
-    del state["stages.1.blocks.1.attn.qkv.weight"]
-    msg = assert_failed_load_changes_nothing(tiny64, state, "stages.1.blocks.1.attn.qkv.weight")
-    assert "missing" in msg
-
-
-def test_load_unexpected_key(tiny64):
-    state = fresh_state(tiny64)
-    state["stages.0.blocks.0.extra.weight"] = np.zeros((3,), "float32")
-    msg = assert_failed_load_changes_nothing(tiny64, state, "stages.0.blocks.0.extra.weight")
-    assert "unexpected" in msg
-
-
-def test_load_wrong_shape(tiny64):
-    state = fresh_state(tiny64)
-    state["head.fc.weight"] = np.zeros((TINY["num_classes"] + 1, TINY["embed_dim"] * 8), "float32")
-    state["stages.2.downsample.norm1.weight"] = np.ones((5,), "float32")
-    msg = assert_failed_load_changes_nothing(tiny64, state, "head.fc.weight")
-    assert "stages.2.downsample.norm1.weight" in msg
-
-
-def test_load_ignores_relative_position_index(tiny64):
-    state = fresh_state(tiny64, seed=98)
-    state["stages.0.blocks.0.attn.rel_pos.relative_position_index"] = np.zeros((4, 4), "int64")
-    gcvit_nb.load_timm_weights(tiny64, state)
-    got = gcvit_nb.timm_state_dict(tiny64)
-    for k, v in fresh_state(tiny64, seed=98).items():
-        np.testing.assert_array_equal(got[k], v, err_msg=k)
-
-
-def test_load_assigns_every_weight(tiny64):
-    "A good state dict changes the weights (so the 'nothing assigned' checks above can fail)."
-    state = fresh_state(tiny64, seed=97)
-    before = weights_numpy(tiny64)
-    gcvit_nb.load_timm_weights(tiny64, state)
-    after = weights_numpy(tiny64)
-    assert all(not np.array_equal(after[p], before[p]) for p in before)
-    got = gcvit_nb.timm_state_dict(tiny64)
-    for k, v in state.items():
-        np.testing.assert_array_equal(got[k], v, err_msg=k)
-
-
-def test_safetensors_round_trip(tmp_path, tiny64):
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    path = tmp_path / "weights.safetensors"
-    state = gcvit_nb.timm_state_dict(tiny64)
-    safetensors_numpy.save_file(state, str(path))
-    for p in (path, str(path)):
-        target = tiny_model((64, 64, 3))     # fresh random initialisation
-        gcvit_nb.load_timm_weights(target, p)
-        src, dst = weights_numpy(tiny64), weights_numpy(target)
-        assert list(src) == list(dst)
-        for k in src:
-            np.testing.assert_array_equal(dst[k], src[k], err_msg=k)
-
-
-def test_truncated_safetensors(tmp_path, tiny64):
-    safetensors_numpy = pytest.importorskip("safetensors.numpy")
-    path = tmp_path / "w.safetensors"
-    safetensors_numpy.save_file(gcvit_nb.timm_state_dict(tiny64), str(path))
-    data = path.read_bytes()
-    bad = tmp_path / "bad.safetensors"
-    bad.write_bytes(data[: len(data) // 2])
-    before = weights_numpy(tiny64)
-    with pytest.raises(ValueError, match="bad.safetensors"):
-        gcvit_nb.load_timm_weights(tiny64, bad)
-    after = weights_numpy(tiny64)
-    assert all(np.array_equal(after[k], before[k]) for k in before)
-
-
-def test_wrong_suffix(tmp_path, tiny64):
-    path = tmp_path / "w.pth"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="safetensors"):
-        gcvit_nb.load_timm_weights(tiny64, path)
-
-
-def test_missing_path(tmp_path, tiny64):
-    with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
-        gcvit_nb.load_timm_weights(tiny64, tmp_path / "nowhere.safetensors")
-
-
 # ---------------------------------------------------------------- bad inputs and arguments
 
 def test_wrong_channel_count(tiny64):
@@ -465,15 +305,15 @@ def test_bad_constructor_arguments():
 
 def test_unknown_variant_lists_valid_names():
     with pytest.raises(ValueError) as err:
-        gcvit_nb.create_model("nope")
+        gcvit_nb.GCViT.from_variant("nope")
     msg = str(err.value)
     assert "nope" in msg
     for name in gcvit_nb.VARIANTS:
         assert name in msg
 
 
-def test_create_model_overrides():
-    model = build_uninitialised(lambda: gcvit_nb.create_model("gcvit_xxtiny", input_shape=(64, 96, 3), num_classes=3,
+def test_from_variant_overrides():
+    model = build_uninitialised(lambda: gcvit_nb.GCViT.from_variant("gcvit_xxtiny", input_shape=(64, 96, 3), num_classes=3,
                                                               depths=(1, 2, 1, 1), drop_path_rate=0.0))
     cfg = model.get_config()
     assert cfg["input_shape"] == (64, 96, 3) and cfg["num_classes"] == 3 and cfg["depths"] == (1, 2, 1, 1)
@@ -481,10 +321,95 @@ def test_create_model_overrides():
     assert model.name == "gcvit_xxtiny" and model.output_shape == (None, 3)
 
 
-def test_create_model_name_override():
-    model = build_uninitialised(lambda: gcvit_nb.create_model("gcvit_xxtiny", input_shape=(64, 64, 3), num_classes=3,
+def test_from_variant_name_override():
+    model = build_uninitialised(lambda: gcvit_nb.GCViT.from_variant("gcvit_xxtiny", input_shape=(64, 64, 3), num_classes=3,
                                                               name="mine"))
     assert model.name == "mine"
+
+
+# ---------------------------------------------------------------- checked at build time (issue 15 #9, #10)
+
+@pytest.mark.parametrize("window_size", [100, (17, 4), [2, 2, 2, 4], (2, 100)])
+def test_window_larger_than_its_map_is_refused_at_build(window_size):
+    "A 100-px window on a 16×16 map once padded its way through 24 GB: now a ValueError, at once."
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3), window_size=window_size)
+    assert "larger than" in str(err.value) and "feature map" in str(err.value)
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("window_size", [0, -3, (0, 4), 2.5, "7", True, (2, 2, 2), [[2, 2]] * 4 + [[2, 2]]])
+def test_bad_window_values(window_size):
+    with pytest.raises(ValueError, match="window_size"):
+        gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3), window_size=window_size)
+
+
+@pytest.mark.parametrize("bad", [dict(embed_dim=0), dict(embed_dim=-16), dict(embed_dim=16.5), dict(embed_dim="16"),
+                                 dict(depths=(2, 0, 2, 2)), dict(depths=(2, 2, 2)), dict(depths=2),
+                                 dict(num_heads=(1, 2, 2, 0)), dict(num_heads=(1, 2, 2, 2.0)),
+                                 dict(mlp_ratio=0), dict(mlp_ratio=-1.0), dict(mlp_ratio="2"),
+                                 dict(drop_path_rate=1.0), dict(drop_path_rate=-0.1), dict(drop_path_rate="0"),
+                                 dict(drop_rate=1.5), dict(num_classes=0), dict(num_classes=-1),
+                                 dict(num_classes=2.5), dict(num_classes="7"), dict(num_classes=None),
+                                 dict(window_ratio=0), dict(window_ratio=(32, 32, 16)),
+                                 dict(input_shape=(64, 64, 0)), dict(input_shape=(64.0, 64, 3)),
+                                 dict(input_shape="64x64")])
+def test_bad_constructor_values_are_clear_errors(bad):
+    kwargs = {**TINY, "input_shape": (64, 64, 3), **bad}
+    name = next(iter(bad))
+    with pytest.raises(ValueError) as err:
+        gcvit_nb.GCViT(**kwargs)
+    assert name.split("_")[0] in str(err.value) or "depths" in str(err.value)
+
+
+def test_numpy_integers_are_fine():
+    model = gcvit_nb.GCViT(**{**TINY, "num_classes": np.int64(3)}, input_shape=(np.int64(64), 64, 3),
+                           window_size=np.int32(2))
+    assert model.output_shape == (None, 3) and model.window_sizes == [(2, 2)] * 4
+
+
+# ---------------------------------------------------------------- checked before Keras sees a batch (#8, #10, #11)
+
+def test_wrong_shape_predict_leaves_the_model_usable(tiny64, tmp_path):
+    "Issue 15 #11: under JAX a failed trace used to break the model for good (predict, get_weights, save)."
+    x = images((2, 64, 64, 3), seed=1)
+    ref = to_numpy(tiny64.predict(x, verbose=0))
+    weights = [np.array(w) for w in tiny64.get_weights()]
+    for bad in (np.zeros((1, 80, 80, 3), "float32"), np.zeros((1, 64, 64, 1), "float32"),
+                np.zeros((64, 64, 3), "float32"), np.zeros((1, 3, 64, 64), "float32")):
+        for method in (lambda b: tiny64.predict(b, verbose=0), tiny64.predict_on_batch,
+                       lambda b: tiny64.evaluate(b, np.zeros((len(b), 7)), verbose=0)):
+            with pytest.raises(ValueError, match="GCViT") as err:
+                method(bad)
+            assert "None" not in str(err.value)         # TF used to say "None channels"
+    np.testing.assert_allclose(to_numpy(tiny64.predict(x, verbose=0)), ref, rtol=0, atol=1e-6)
+    for a, b in zip(tiny64.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    tiny64.save_weights(tmp_path / "after.weights.h5")
+    assert (tmp_path / "after.weights.h5").stat().st_size > 0
+
+
+def test_zero_images(tiny64):
+    for method in (lambda b: tiny64.predict(b, verbose=0), tiny64.predict_on_batch):
+        with pytest.raises(ValueError, match="zero images"):
+            method(np.zeros((0, 64, 64, 3), "float32"))
+
+
+@pytest.mark.parametrize("raw", [np.full((1, 64, 64, 3), 200, "uint8"), np.full((1, 64, 64, 3), 128, "int32"),
+                                 np.full((1, 64, 64, 3), 180.0, "float32")])
+def test_raw_pixels_given_to_the_model_warn(tiny64, raw):
+    "Issue 15 #8: 0-255 images straight into predict give meaningless outputs; say so."
+    with pytest.warns(UserWarning, match="0-255"):
+        tiny64.predict(raw, verbose=0)
+    with pytest.warns(UserWarning, match="0-255"):
+        tiny64(raw)
+
+
+def test_normalised_images_do_not_warn(tiny64):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        tiny64.predict(images((2, 64, 64, 3)), verbose=0)
 
 
 # ---------------------------------------------------------------- stochastic depth

@@ -1,6 +1,10 @@
-"""Chapter 06: checkpoint files and layouts, head/size transfer, offline fail-fast, preprocessing, labels."""
+"""08_pretrained: the one create_model, downloads that fail fast (offline, silent hub, proxies), preprocessing
+decided by dtype and mode, ImageNet labels and decoding; plus fuzzing of their arguments."""
 import math
+import socket
+import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -14,115 +18,41 @@ from gcvit_nb import pretrained as P
 from conftest import run, tiny_model
 
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    "A tiny model with synthetic weights, saved as timm-layout .safetensors and official-layout .npz/.pth."
-    model = tiny_model(seed=11)
-    state = gcvit_nb.timm_state_dict(model)
-    d = tmp_path_factory.mktemp("ckpt")
-    save_file(state, str(d / "tiny.safetensors"))
-    np.savez(d / "tiny_official.npz", **gcvit_nb.timm_to_official(state))
-    x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
-    return dict(model=model, state=state, dir=d, x=x, out=run(model, x))
+# ---------------------------------------------------------------- create_model
+
+def test_create_model_is_the_one_entry_point(tmp_path):
+    assert gcvit_nb.create_model is P.create_model
+    from gcvit_nb import model as model_module
+    assert not hasattr(model_module, "create_model"), "one create_model only"
+    model = tiny_model(seed=3)
+    save_file(gcvit_nb.timm_state_dict(model), str(tmp_path / "tiny.safetensors"))
+    tiny = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, drop_path_rate=0.0,
+                layer_scale=None)
+    m = P.create_model("gcvit_xxtiny", pretrained=tmp_path / "tiny.safetensors", input_shape=(64, 64, 3),
+                       num_classes=7, **tiny)
+    assert m.name == "gcvit_xxtiny"
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    np.testing.assert_array_equal(run(m, x), run(model, x))
 
 
-def fresh(**kw):
-    return tiny_model(**kw)
+@pytest.mark.parametrize("pretrained", [1, 0.5, ["w.safetensors"], object(), b"w.safetensors"])
+def test_wrong_pretrained_types_are_refused_before_building(pretrained, monkeypatch):
+    "Issue 15 #10: pretrained=1 used to fail deep inside the loader."
+    monkeypatch.setattr(P.GCViT, "from_variant", lambda *a, **k: pytest.fail("built a model first"))
+    with pytest.raises(TypeError, match="pretrained must be"):
+        P.create_model("gcvit_xxtiny", pretrained=pretrained)
 
 
-def test_official_layout_loads_to_identical_outputs(tiny_ckpt):
-    official = gcvit_nb.timm_to_official(tiny_ckpt["state"])
-    assert P.detect_layout(official) == "official" and P.detect_layout(tiny_ckpt["state"]) == "timm"
-    assert any(k.startswith("levels.0.q_global_gen.to_q_global.0.conv.2.fc.0") for k in official)
-    se = official["patch_embed.conv_down.conv.2.fc.0.weight"]
-    assert se.ndim == 2, "official SE layers are Linear (out, in)"
-    for source in (official, tiny_ckpt["dir"] / "tiny_official.npz", tiny_ckpt["dir"] / "tiny.safetensors"):
-        m = P.load_pretrained(fresh(), source)
-        np.testing.assert_array_equal(run(m, tiny_ckpt["x"]), tiny_ckpt["out"])
+@pytest.mark.parametrize("name", [None, 3, ("gcvit_xxtiny",)])
+def test_wrong_name_types(name):
+    with pytest.raises(TypeError, match="variant name"):
+        P.create_model(name)
 
 
-def test_official_buffers_and_checkpoint_wrappers(tiny_ckpt, tmp_path):
-    torch = pytest.importorskip("torch")
-    official = gcvit_nb.timm_to_official(tiny_ckpt["state"])
-    wrapped = {"state_dict": {k: torch.from_numpy(v) for k, v in official.items()}, "epoch": 3}
-    wrapped["state_dict"]["levels.0.blocks.0.attn.relative_position_index"] = torch.zeros(16, 16, dtype=torch.long)
-    torch.save(wrapped, tmp_path / "official.pth.tar")
-    m = gcvit_nb.create_model("gcvit_xxtiny", pretrained=False)  # name resolution check only
-    del m
-    loaded = P.load_pretrained(fresh(), tmp_path / "official.pth.tar")
-    np.testing.assert_array_equal(run(loaded, tiny_ckpt["x"]), tiny_ckpt["out"])
-
-
-def test_new_head_when_classes_differ(tiny_ckpt, capsys):
-    m = P.load_pretrained(fresh(num_classes=3), tiny_ckpt["dir"] / "tiny.safetensors")
-    assert "7 classes" in capsys.readouterr().out
-    got = gcvit_nb.timm_state_dict(m)
-    for k, v in tiny_ckpt["state"].items():
-        if not k.startswith("head."):
-            np.testing.assert_array_equal(got[k], v)
-    assert got["head.fc.weight"].shape == (3, 16 * 8)
-
-
-def test_backbone_only_models_accept_full_checkpoints(tiny_ckpt):
-    feats = P.load_pretrained(fresh(include_top=False, features_only=True), tiny_ckpt["dir"] / "tiny.safetensors")
-    assert len(run(feats, tiny_ckpt["x"])) == 4
-
-
-def test_size_transfer_interpolates_position_tables(tiny_ckpt):
-    m = P.load_pretrained(fresh(input_shape=(96, 64, 3)), tiny_ckpt["dir"] / "tiny.safetensors")
-    assert m.window_sizes[0] == (3, 2)
-    table = gcvit_nb.timm_state_dict(m)["stages.0.blocks.0.attn.rel_pos.relative_position_bias_table"]
-    assert table.shape == (5 * 3, 1)
-    assert np.isfinite(run(m, np.zeros((1, 96, 64, 3), "float32"))).all()
-
-
-def test_wrong_variant_names_keys_and_lookalike(tiny_ckpt, tmp_path):
-    xxtiny = gcvit_nb.timm_state_dict(gcvit_nb.create_model("gcvit_xxtiny"))
-    save_file(xxtiny, str(tmp_path / "xxtiny.safetensors"))
+def test_unknown_names_list_the_valid_ones():
     with pytest.raises(ValueError) as e:
-        gcvit_nb.create_model("gcvit_xtiny", pretrained=tmp_path / "xxtiny.safetensors")
-    msg = str(e.value)
-    assert "looks like gcvit_xxtiny" in msg and "missing" in msg and "stages.0.blocks.2" in msg
-    target = fresh()
-    before = {v.path: np.array(v.numpy() if hasattr(v, "numpy") else v) for v in target.weights[:3]}
-    with pytest.raises(ValueError, match="mismatched shapes"):
-        P.load_pretrained(target, {**tiny_ckpt["state"], "stem.conv1.weight": np.zeros((16, 3, 5, 5), "float32")})
-    for v in target.weights[:3]:
-        np.testing.assert_array_equal(np.asarray(v.numpy() if hasattr(v, "numpy") else v), before[v.path])
-
-
-def test_bad_files(tiny_ckpt, tmp_path):
-    blob = (tiny_ckpt["dir"] / "tiny.safetensors").read_bytes()
-    (tmp_path / "cut.safetensors").write_bytes(blob[: len(blob) // 3])
-    with pytest.raises(ValueError, match="truncated or corrupt"):
-        P.read_checkpoint(tmp_path / "cut.safetensors")
-    (tmp_path / "junk.pth").write_bytes(b"not a pickle at all")
-    with pytest.raises((ValueError, ImportError)):
-        P.read_checkpoint(tmp_path / "junk.pth")
-    with pytest.raises(FileNotFoundError):
-        P.read_checkpoint(tmp_path / "missing.safetensors")
-    (tmp_path / "weights.ckpt.json").write_text("{}")
-    with pytest.raises(ValueError, match="unsupported checkpoint type"):
-        P.read_checkpoint(tmp_path / "weights.ckpt.json")
-    with pytest.raises(ValueError, match="Not a GCViT checkpoint"):
-        P.detect_layout({"encoder.weight": np.zeros(3)})
-
-
-def test_keras_weights_file_round_trip(tiny_ckpt, tmp_path):
-    tiny_ckpt["model"].save_weights(tmp_path / "tiny.weights.h5")
-    m = P.load_pretrained(fresh(), tmp_path / "tiny.weights.h5")
-    np.testing.assert_array_equal(run(m, tiny_ckpt["x"]), tiny_ckpt["out"])
-
-
-def test_offline_pretrained_fails_fast_with_url(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
-    monkeypatch.setattr(P, "HF_ENDPOINT", "https://unreachable.invalid")
-    t0 = time.perf_counter()
-    with pytest.raises(P.PretrainedWeightsUnavailable) as e:
-        P.download_checkpoint("gcvit_tiny", cache_dir=tmp_path)
-    assert time.perf_counter() - t0 < 10
-    assert "unreachable.invalid/timm/gcvit_tiny.in1k/resolve/main/model.safetensors" in str(e.value)
-    assert "pretrained=" in str(e.value)
+        P.create_model("gcvit_huge", pretrained=True)
+    assert all(n in str(e.value) for n in gcvit_nb.VARIANTS)
     with pytest.raises(ValueError, match="No pretrained weights"):
         P.download_checkpoint("gcvit_nope")
 
@@ -132,8 +62,123 @@ def test_every_variant_has_a_checkpoint_source():
     assert P.checkpoint_url("gcvit_large_384").endswith("nvidia/GCViT/resolve/main/gcvit_21k_large_384.pth.tar")
 
 
+# ---------------------------------------------------------------- downloads that fail fast (issue 15 #13)
+
+class SilentServer:
+    "Accepts TCP connections and never answers; records what clients sent."
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port, self.received, self.conns = self.sock.getsockname()[1], [], []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            conn.settimeout(3)
+            try:
+                self.received.append(conn.recv(4096))
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def _within(seconds, fn):
+    "Run fn in a thread; return (finished, exception) after at most `seconds`."
+    out = {}
+    def target():
+        try:
+            fn()
+        except BaseException as e:       # noqa: BLE001 (reported to the test)
+            out["error"] = e
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), out.get("error")
+
+
+@pytest.fixture
+def silent():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for var in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy",
+                "NO_PROXY", "no_proxy", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_offline_pretrained_fails_fast_with_url(monkeypatch, tmp_path, no_proxy_env):
+    monkeypatch.setenv("HF_ENDPOINT", "https://unreachable.invalid")
+    t0 = time.perf_counter()
+    with pytest.raises(P.PretrainedWeightsUnavailable) as e:
+        P.download_checkpoint("gcvit_tiny", cache_dir=tmp_path, timeout=2)
+    assert time.perf_counter() - t0 < 10
+    assert "unreachable.invalid/timm/gcvit_tiny.in1k/resolve/main/model.safetensors" in str(e.value)
+    assert "pretrained=" in str(e.value)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(P.PretrainedWeightsUnavailable, match="HF_HUB_OFFLINE"):
+        P.download_checkpoint("gcvit_tiny", cache_dir=tmp_path)
+
+
+def test_hub_that_accepts_but_never_answers(silent, monkeypatch, tmp_path, no_proxy_env):
+    "It used to take 391 s and raise LocalEntryNotFoundError."
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{silent.port}")
+    t0 = time.perf_counter()
+    finished, error = _within(30, lambda: P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=1))
+    assert finished, "the download start was not bounded"
+    assert isinstance(error, P.PretrainedWeightsUnavailable), error
+    assert time.perf_counter() - t0 < 6
+    assert f"127.0.0.1:{silent.port}" in str(error) and "pretrained=" in str(error)
+
+
+def test_silent_hub_after_a_successful_probe_is_still_bounded(silent, monkeypatch, tmp_path, no_proxy_env):
+    "The download itself (not only the probe) runs under the timeout."
+    monkeypatch.setattr(P, "_hub_answers", lambda url, timeout: True)
+    t0 = time.perf_counter()
+    finished, error = _within(60, lambda: P.fetch_checkpoint("timm/gcvit_xxtiny.in1k", "model.safetensors",
+                                                             endpoint=f"http://127.0.0.1:{silent.port}",
+                                                             cache_dir=tmp_path, timeout=1))
+    assert finished and isinstance(error, P.PretrainedWeightsUnavailable), error
+    assert time.perf_counter() - t0 < 15
+
+
+def test_the_probe_goes_through_https_proxy(silent, monkeypatch, tmp_path, no_proxy_env):
+    "A raw socket to the hub ignores proxies; the probe must ask the proxy in HTTPS_PROXY."
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{silent.port}")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    t0 = time.perf_counter()
+    finished, error = _within(30, lambda: P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=1))
+    assert finished and isinstance(error, P.PretrainedWeightsUnavailable), error
+    assert time.perf_counter() - t0 < 6
+    time.sleep(0.2)
+    assert any(b"CONNECT huggingface.co:443" in r for r in silent.received), silent.received
+    assert "HTTPS_PROXY" in str(error)
+
+
+@pytest.mark.parametrize("timeout", [0.5, 1.5])
+def test_probe_is_bounded_by_its_timeout(silent, timeout):
+    t0 = time.perf_counter()
+    assert P._hub_answers(f"http://127.0.0.1:{silent.port}/x", timeout) is False
+    assert time.perf_counter() - t0 < timeout + 1
+
+
+# ---------------------------------------------------------------- preprocessing
+
 def _numpy_eval_transform(rgb_uint8, size=224, crop_pct=0.875):
-    "Independent reference of timm's eval transform (PIL bicubic resize of the short side, centre crop, normalise)."
+    "Independent reference of timm's eval transform (PIL bicubic short side, centre crop, normalise)."
     im = Image.fromarray(rgb_uint8)
     w, h = im.size
     short = math.floor(size / crop_pct)
@@ -151,12 +196,13 @@ def test_preprocess_matches_reference(photo, tmp_path):
     np.testing.assert_allclose(gcvit_nb.preprocess_image(img)[0], ref, atol=1e-5)
     Image.fromarray(img).save(tmp_path / "p.png")
     np.testing.assert_allclose(gcvit_nb.preprocess_image(str(tmp_path / "p.png"))[0], ref, atol=1e-5)
-    np.testing.assert_allclose(gcvit_nb.preprocess_image(img, size=160)[0], _numpy_eval_transform(img, 160), atol=1e-5)
+    np.testing.assert_allclose(gcvit_nb.preprocess_image(img, size=160)[0], _numpy_eval_transform(img, 160),
+                               atol=1e-5)
 
 
 def test_preprocess_inputs_and_errors(tmp_path):
     img = data.chelsea()
-    gray = data.camera()                                   # real grayscale photo
+    gray = data.camera()                                   # a real grayscale photo
     out = gcvit_nb.preprocess_image([img, gray, np.dstack([img, np.zeros(img.shape[:2], "uint8")]), img / 255.0])
     assert out.shape == (4, 224, 224, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[1][..., 0] * 0.229 + 0.485, out[1][..., 1] * 0.224 + 0.456, atol=1e-5)
@@ -169,6 +215,102 @@ def test_preprocess_inputs_and_errors(tmp_path):
         gcvit_nb.preprocess_image(np.zeros((4, 4, 4, 4)))
 
 
+def test_16_bit_grayscale_png_is_not_white(tmp_path):
+    "Issue 15 #7: a 16-bit PNG used to be clipped to 255 everywhere (an all-white image)."
+    gray = data.camera()
+    wide = gray.astype("uint16") * 257                     # the same photo, 16 bits per pixel
+    Image.fromarray(wide).save(tmp_path / "gray16.png")
+    with Image.open(tmp_path / "gray16.png") as im:
+        assert im.mode.startswith("I;16")
+    ref = gcvit_nb.preprocess_image(gray)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                     # decided by the mode: no guess, no warning
+        for source in (tmp_path / "gray16.png", wide):
+            x = gcvit_nb.preprocess_image(source)
+            np.testing.assert_allclose(x, ref, atol=0.02)
+    assert x.std() > 0.5
+
+
+def test_float_slightly_above_one_is_not_black():
+    "Issue 15 #7: one value at 1.0001 used to flip the whole image to the 0-255 reading."
+    img = data.chelsea() / 255.0
+    img[0, 0, 0] = 1.0001
+    ref = gcvit_nb.preprocess_image(data.chelsea())
+    with pytest.warns(UserWarning, match="clipped"):
+        x = gcvit_nb.preprocess_image(img)
+    np.testing.assert_allclose(x, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda a: a.astype("float32"), "taken as 0-255"),            # float 0-255: a guess
+    (lambda a: a.astype("int32"), "taken as 8-bit"),              # int32 0-255: a guess
+    (lambda a: a.astype("int64") * 257, "taken as 16-bit"),       # int64 0-65535: a guess
+    (lambda a: a / 255.0 - 0.01, "clipped"),                      # slightly negative floats
+])
+def test_guesses_warn_and_still_give_the_photo(make, match):
+    photo = data.chelsea()
+    ref = gcvit_nb.preprocess_image(photo)
+    with pytest.warns(UserWarning, match=match):
+        x = gcvit_nb.preprocess_image(make(photo))
+    np.testing.assert_allclose(x, ref, atol=0.1)           # the photo, not a black or white square
+
+
+def test_pil_modes(tmp_path):
+    photo = Image.fromarray(data.chelsea())
+    ref = gcvit_nb.preprocess_image(photo)
+    for mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr", "LA", "L", "1", "I", "F"):
+        im = photo.convert(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")               # modes I and F are guesses
+            x = gcvit_nb.preprocess_image(im)
+        assert x.shape == (1, 224, 224, 3) and np.isfinite(x).all(), mode
+        if mode in ("RGB", "RGBA", "CMYK", "YCbCr"):      # P: a 256-colour palette
+            np.testing.assert_allclose(x, ref, atol=0.1, err_msg=mode)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (3, 2), (2, 3000), (3000, 2, 3), (5, 7, 4), (9, 9, 2)])
+def test_odd_sizes(shape):
+    a = np.random.default_rng(0).integers(0, 256, shape, dtype="uint8")
+    t0 = time.perf_counter()
+    x = gcvit_nb.preprocess_image(a, size=32)
+    assert x.shape == (1, 32, 32, 3) and np.isfinite(x).all()
+    assert time.perf_counter() - t0 < 5
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 5, 3), "uint8"), "image array"), (np.zeros((5, 5, 5), "uint8"), "image array"),
+    (np.zeros(5, "uint8"), "image array"), (np.full((4, 4, 3), np.nan), "NaN"),
+    (np.array([[{"a": 1}]], dtype=object), "numeric"), (np.zeros((4, 4), complex), "numeric"),
+    (np.full((4, 4), -5, "int16"), "8- or 16-bit"), (np.full((4, 4), 70000, "int32"), "8- or 16-bit"),
+    ([], "empty list"), ("no/such/file.png", "not a readable image"),
+])
+def test_bad_images(bad, match):
+    with pytest.raises(ValueError, match=match):
+        gcvit_nb.preprocess_image(bad)
+
+
+@pytest.mark.parametrize("kwargs", [dict(size=0), dict(size=-1), dict(size=2.5), dict(size="224"), dict(size=True),
+                                    dict(crop_pct=0), dict(crop_pct=1.5), dict(crop_pct="0.9")])
+def test_bad_preprocess_arguments(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        gcvit_nb.preprocess_image(data.chelsea(), **kwargs)
+
+
+def test_bool_and_directory_inputs(tmp_path):
+    assert gcvit_nb.preprocess_image(np.eye(40, dtype=bool), size=32).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="not a readable image"):
+        gcvit_nb.preprocess_image(tmp_path)
+
+
+def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
+    Image.fromarray(np.zeros((64, 64), "uint8")).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)        # 4096 px > 2 × 100: refused as a bomb
+    with pytest.raises(ValueError, match="too many pixels"):
+        gcvit_nb.preprocess_image(tmp_path / "big.png")
+
+
+# ---------------------------------------------------------------- labels and decoding
+
 def test_decode_predictions():
     logits = np.zeros((2, 1000), "float32")
     logits[0, [285, 282, 281]] = [4.0, 2.0, 1.0]
@@ -180,3 +322,23 @@ def test_decode_predictions():
     assert math.isclose(top[0][0][2], p[285], rel_tol=1e-6)
     with pytest.raises(ValueError, match="1000"):
         gcvit_nb.decode_predictions(np.zeros((1, 10)))
+    assert gcvit_nb.decode_predictions(np.zeros((0, 1000))) == []
+    assert len(gcvit_nb.decode_predictions(np.zeros(1000), top=5000)[0]) == 1000
+
+
+def test_nan_logits_warn():
+    "Issue 15 #8: NaN logits used to be decoded silently into a confident-looking answer."
+    logits = np.zeros((3, 1000), "float32")
+    logits[1, 5] = np.nan
+    logits[2, 7] = np.inf
+    with pytest.warns(RuntimeWarning, match="2 of 3 rows"):
+        gcvit_nb.decode_predictions(logits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        gcvit_nb.decode_predictions(logits[:1])
+
+
+@pytest.mark.parametrize("top", [0, -1, 2.5, "5", True])
+def test_bad_top(top):
+    with pytest.raises(ValueError, match="top"):
+        gcvit_nb.decode_predictions(np.zeros((1, 1000)), top=top)
