@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-gpu clean-nbs clean
+.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-gpu check-install clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -66,6 +66,11 @@ test-book: export data book-deps
 ## test-gpu: the GPU run (.ci/run-gpu): CUDA builds in .venv-gpu, GPU unit tests and every notebook per backend
 test-gpu:
 	bash .ci/run-gpu
+
+## check-install: wheel -> fresh venv under /tmp (not editable) -> gcvit-nb predict + bench --smoke from
+## outside the checkout (issue 10's install proof; ~6 min on 2 cores, so not part of `make test`)
+check-install:
+	bash tools/check_install.sh
 
 clean-nbs: setup
 	$(BIN)/nbdev_clean

@@ -1,15 +1,24 @@
-"Chapter 09: a smoke run of the benchmark tool (`gcvit-nb bench --smoke`) on the current backend."
+"Appendix D: the benchmark tool (`gcvit-nb bench`), its reference interpreter and a smoke run."
+import errno
+import importlib.util
 import json
+import os
+import sys
+from pathlib import Path
 
 import keras
 import pytest
 
-from gcvit_nb.benchmark import bench_cli, build_bench_parser, format_results, summarize_times
+import gcvit_nb.bench_worker as bench_worker
+import gcvit_nb.benchmark as benchmark
+from gcvit_nb.bench_worker import summarize_times
+from gcvit_nb.benchmark import ReferenceUnavailable, bench_cli, find_reference_python, format_results
 
 BACKEND = keras.backend.backend()
 # On JAX a smoke training run alone takes ~50 s here (building a Keras model compiles one XLA program per weight
 # initialiser, then the train step compiles): the JAX smoke run measures inference only, to stay under a minute.
 MODES = ["infer"] if BACKEND == "jax" else ["infer", "train"]
+REFERENCE = os.environ.get("GCVIT_REFERENCE_PYTHON")
 
 
 def test_summarize_times():
@@ -19,27 +28,120 @@ def test_summarize_times():
 
 
 def test_parser_defaults():
-    args = build_bench_parser().parse_args([])
+    args = benchmark._bench_parser().parse_args([])
     assert (args.model, args.image_size, args.batch_size, args.mode, args.reference, args.threads) == \
         ("gcvit_xxtiny", 224, 8, "both", "timm", 2)
-    assert args.backends.split(",") == ["tensorflow", "jax", "torch"]
+    assert args.backends is None and args.reference_python is None     # backends: those installed
 
 
-def test_bad_backend_is_an_error(capsys):
-    assert bench_cli(["--smoke", "--backends", "theano"]) == 2
-    assert "theano" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, needle", [
+    (["--backends", "theano"], "theano"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--repeats", "-3"], "repeats"),
+    (["--threads", "0"], "threads"),
+    (["--image-size", "4"], "image_size"),
+    (["--model", "gcvit_huge"], "gcvit_huge"),
+    (["--rounds", "0"], "rounds"),
+    (["--backends", ","], "backends"),
+])
+def test_bad_options_are_clear_errors(argv, needle, capsys):
+    "Every bad value is refused (exit 2) before any child process runs, naming what was wrong."
+    assert bench_cli(["--smoke", *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--batch-size", "two"], ["--mode", "fast"], ["--reference", "onnx"]])
+def test_unparseable_options_exit_2(argv):
+    with pytest.raises(SystemExit) as e:
+        bench_cli(["--smoke", *argv])
+    assert e.value.code == 2
+
+
+def test_backend_not_installed_is_a_clear_error(monkeypatch, capsys):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda n, *a: None if n == "jax" else real(n, *a))
+    assert bench_cli(["--smoke", "--backends", "jax"]) == 2
+    assert "jax is not installed" in capsys.readouterr().err
+
+
+def test_missing_reference_python_is_a_clear_error(capsys, monkeypatch):
+    monkeypatch.delenv("GCVIT_REFERENCE_PYTHON", raising=False)
+    assert bench_cli(["--smoke", "--reference", "timm", "--reference-python", "/no/such/python"]) == 2
+    err = capsys.readouterr().err
+    assert "/no/such/python" in err and "--reference none" in err and "--reference-python" in err
+
+
+def test_reference_python_from_the_environment(monkeypatch):
+    monkeypatch.setenv("GCVIT_REFERENCE_PYTHON", "/no/such/python3")
+    with pytest.raises(ReferenceUnavailable, match="/no/such/python3"):
+        find_reference_python()
+    assert find_reference_python(sys.executable) == sys.executable     # the option wins over the variable
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="this Python has timm")
+def test_no_reference_named_and_no_timm_here(monkeypatch):
+    monkeypatch.delenv("GCVIT_REFERENCE_PYTHON", raising=False)
+    with pytest.raises(ReferenceUnavailable, match="no timm"):
+        find_reference_python()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="this Python has timm")
+def test_reference_python_without_timm_is_refused_before_any_run():
+    "A Python that exists but cannot import timm fails the check, with its own error in the message."
+    with pytest.raises(ReferenceUnavailable, match="timm") as e:
+        benchmark.check_reference(sys.executable)
+    assert "--reference none" in str(e.value)
+
+
+def test_installed_package_does_not_reach_into_the_source_tree():
+    "No sys.path edits, no tools/ imports, no .venv-ref found relative to the package (issue 10)."
+    for module in (benchmark, bench_worker):
+        source = Path(module.__file__).read_text()
+        for needle in ("sys.path.insert", "timm_compat", "_repo_root", "parents[1] / ", "'.venv-ref"):
+            assert needle not in source, (module.__name__, needle)
+
+
+def test_timm_shim_loads_without_gcvit_nb(tmp_path):
+    "The timm child loads bench_worker.py by its path: that must work with no gcvit_nb importable."
+    import subprocess
+    block = "import sys; sys.modules['gcvit_nb'] = None; "        # `import gcvit_nb` now fails
+    code = block + benchmark._LOAD_WORKER + "print(m.PATHS['timm']['infer'][0], m.import_timm.__name__)"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run([sys.executable, "-c", code, bench_worker.__file__], cwd=tmp_path, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["inference_mode", "import_timm"]
+
+
+def test_json_write_failure_keeps_the_old_file(tmp_path, monkeypatch, capsys):
+    "A full disk while writing --json: a clear error, exit 1, the previous file untouched, no temp left."
+    out = tmp_path / "bench.json"
+    out.write_text('{"old": true}\n')
+    fake = dict(config=dict(model="m", image_size=[32, 32], batch_size=2, dtype="float32", repeats=1, warmup=0),
+                machine=dict(cpu="c", threads=2, usable_cpus=2, load_avg_start=[0.0]), runs=[], summary={})
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda **kw: fake)
+
+    def full_disk(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(Path, "write_text", full_disk)
+    assert bench_cli(["--smoke", "--backends", BACKEND, "--json", str(out)]) == 1
+    monkeypatch.undo()
+    assert "No space left" in capsys.readouterr().err
+    assert out.read_text() == '{"old": true}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
 
 
 def test_smoke_run(tmp_path):
     "The tool end to end: tiny model, 32x32, one repeat, this backend, no reference; JSON with positive figures."
     out = tmp_path / "bench.json"
     mode = "both" if len(MODES) == 2 else MODES[0]
-    assert bench_cli(["--smoke", "--backends", BACKEND, "--mode", mode, "--json", str(out)]) == 0
+    assert bench_cli(["--smoke", "--reference", "none", "--backends", BACKEND, "--mode", mode,
+                      "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res) >= {"schema", "created", "config", "machine", "runs", "summary"}
     assert res["config"]["model"] == "gcvit_smoke" and res["config"]["image_size"] == [32, 32]
     assert res["config"]["reference"] is None and res["config"]["backends"] == [BACKEND]
-    for key in ("cpu", "logical_cpus", "threads", "python", "versions", "load_avg_start", "load_avg_end"):
+    for key in ("cpu", "logical_cpus", "threads", "python", "versions", "load_avg_start", "load_avg_end", "gpus"):
         assert key in res["machine"], key
     assert res["machine"]["versions"]["keras"] == keras.__version__
     assert [(r["side"], r["mode"]) for r in res["runs"]] == [(BACKEND, m) for m in MODES]
@@ -48,6 +150,19 @@ def test_smoke_run(tmp_path):
         for key in ("median_s", "min_s", "max_s", "images_per_s", "first_call_s", "peak_rss_mb", "build_s"):
             assert run[key] > 0, (run["mode"], key)
         assert run["n"] == 1 and run["peak_rss_mb"] >= run["rss_after_import_mb"] > 0
+        assert isinstance(run["accelerators"], list)
     for m in MODES:
         assert res["summary"][BACKEND][m]["images_per_s"] > 0
     assert BACKEND in format_results(res)
+    assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]        # no temporary file left
+
+
+@pytest.mark.skipif(not REFERENCE, reason="set GCVIT_REFERENCE_PYTHON to a Python with torch + timm")
+def test_smoke_run_against_timm(tmp_path):
+    "With a reference Python: timm runs the same weights, and the logits agree."
+    out = tmp_path / "bench.json"
+    assert bench_cli(["--smoke", "--reference", "timm", "--backends", BACKEND, "--mode", "infer",
+                      "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["config"]["reference_versions"]["timm"] >= "1.0.31"
+    assert res["summary"][BACKEND]["infer"]["logits_max_abs_diff"] < 1e-4

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create the reference-side virtualenv (PyTorch CPU + timm) used to generate the
-# parity fixtures under tests/fixtures/. It is separate from the project's own
-# (Keras) environment on purpose.
+# parity fixtures under tests/fixtures/ and, named with --reference-python or
+# GCVIT_REFERENCE_PYTHON, by `gcvit-nb bench` as its timm side. It is separate
+# from the project's own (Keras) environment on purpose.
 #
 #   bash tools/setup_reference_env.sh          # -> .venv-ref
 #   REF_VENV=/tmp/ref bash tools/setup_reference_env.sh
@@ -59,6 +60,9 @@ import torch
 print(f"torch {torch.__version__}, torchvision {version('torchvision')}, timm {version('timm')}")
 assert not torch.version.cuda, "expected a CPU build of torch"
 PYEOF
-# timm itself only imports through tools/timm_compat.py (torchvision op-schema workaround).
-"$PY" -c "import sys; sys.path.insert(0, 'tools'); import timm_compat; timm_compat.import_timm()"
-echo "reference python: $(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+# Import timm exactly as the benchmark's timm child does (gcvit_nb/bench_worker.py, loaded by path:
+# this environment has neither Keras nor gcvit_nb; it declares torchvision's missing op schemas if needed).
+"$PY" tools/timm_compat.py
+ABS_PY="$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")"
+echo "reference python: $ABS_PY"
+echo "for gcvit-nb bench:  export GCVIT_REFERENCE_PYTHON=$ABS_PY   (or --reference-python $ABS_PY)"

@@ -1,0 +1,259 @@
+"Appendix E: the `gcvit-nb` command — argument errors, predict on real photos, convert, bad files, full disks."
+import errno
+import os
+import random
+import struct
+import zlib
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from gcvit_nb import __version__, cli
+from gcvit_nb.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    "Random gcvit_xxtiny weights in timm layout (safetensors), two real photos and some bad files."
+    from safetensors.numpy import save_file
+    from gcvit_nb.checkpoints import timm_state_dict
+    from gcvit_nb.model import GCViT
+    d = tmp_path_factory.mktemp("cli")
+    keras.utils.set_random_seed(0)
+    save_file(timm_state_dict(GCViT.from_variant("gcvit_xxtiny")), str(d / "random.safetensors"))
+    Image.fromarray(data.chelsea()).save(d / "chelsea.jpg")
+    Image.fromarray(data.coffee()).save(d / "coffee.png")
+    (d / "notes.txt").write_text("not an image")
+    (d / "truncated.jpg").write_bytes((d / "chelsea.jpg").read_bytes()[:600])
+    (d / "bomb.png").write_bytes(_png_header_only(40_000, 40_000))
+    (d / "empty").mkdir()
+    return d
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    "A PNG that claims to be width x height (1.6 G pixels) but holds almost no data: a decompression bomb."
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def _run(capsys, argv):
+    status = main(argv)
+    out = capsys.readouterr()
+    return status, out.out, out.err
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+
+def test_version_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"gcvit-nb {__version__}"
+    status, out, _ = _run(capsys, [])
+    assert status == 2
+    for cmd in ("info", "predict", "convert", "finetune", "explain", "export", "bench"):
+        assert cmd in out, cmd
+
+
+@pytest.mark.parametrize("top", ["0", "-1", "1001", "five", "2.5", ""])
+def test_bad_top_is_refused_by_the_parser(top, capsys):
+    "--top must be 1..1000; old code printed nothing for 0 and all-but-one classes for -1, exit 0."
+    with pytest.raises(SystemExit) as e:
+        main(["predict", "x.jpg", "--top", top])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--top" in err and "1000" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model", ["gcvit_huge", "GCVIT_XXTINY", "", "gcvit_smoke"])
+def test_unknown_model_is_a_clear_error(model, files, capsys):
+    status, _, err = _run(capsys, ["predict", str(files / "chelsea.jpg"), "--model", model,
+                                   "--weights", str(files / "random.safetensors")])
+    assert status == 2 and "unknown model" in err and "gcvit_xxtiny" in err
+    status, _, err = _run(capsys, ["convert", str(files / "random.safetensors"),
+                                   str(files / "x.weights.h5"), "--model", model])
+    assert status == 2 and "unknown model" in err and not (files / "x.weights.h5").exists()
+
+
+def test_no_image_at_all(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["predict"])
+    assert e.value.code == 2 and "IMAGE" in capsys.readouterr().err
+
+
+def test_zero_images_in_a_folder(files, capsys):
+    "A folder with no image files: old code tried to open the folder as an image."
+    (files / "empty" / "readme.txt").write_text("no pictures here")
+    status, out, err = _run(capsys, ["predict", str(files / "empty"),
+                                     "--weights", str(files / "random.safetensors")])
+    assert status == 2 and "no images to classify" in err and out == ""
+
+
+def test_missing_weights_file(files, capsys):
+    status, _, err = _run(capsys, ["predict", str(files / "chelsea.jpg"), "--weights",
+                                   str(files / "nope.safetensors")])
+    assert status == 2 and "weights file not found" in err and "nope.safetensors" in err
+
+
+def test_convert_output_checks(files, capsys):
+    ckpt = str(files / "random.safetensors")
+    status, _, err = _run(capsys, ["convert", ckpt, str(files / "out.h5"), "--model", "gcvit_xxtiny"])
+    assert status == 2 and ".weights.h5" in err
+    status, _, err = _run(capsys, ["convert", ckpt, str(files / "no" / "dir" / "x.weights.h5"),
+                                   "--model", "gcvit_xxtiny"])
+    assert status == 2 and "folder is missing" in err
+
+
+def test_delegated_module_that_cannot_be_imported(monkeypatch, capsys):
+    "A subcommand whose module is missing (or lacks its function) is named, without a traceback."
+    monkeypatch.setitem(cli.DELEGATED, "explain", ("gcvit_nb.no_such_module", "explain_cli"))
+    status, _, err = _run(capsys, ["explain", "x.jpg"])
+    assert status == 1 and "gcvit-nb explain" in err and "gcvit_nb.no_such_module" in err
+    monkeypatch.setitem(cli.DELEGATED, "export", ("gcvit_nb.cli", "no_such_function"))
+    status, _, err = _run(capsys, ["export"])
+    assert status == 1 and "no_such_function" in err
+
+
+def test_delegated_table():
+    assert cli.DELEGATED["explain"] == ("gcvit_nb.explain", "explain_cli")
+    assert cli.DELEGATED["export"] == ("gcvit_nb.deploy", "export_cli")
+    assert cli.DELEGATED["bench"] == ("gcvit_nb.benchmark", "bench_cli")
+    assert cli.DELEGATED["finetune"] == ("gcvit_nb.finetune", "finetune_cli")
+
+
+def test_info(capsys):
+    status, out, _ = _run(capsys, ["info"])
+    lines = dict(line.split(": ", 1) for line in out.splitlines())
+    assert status == 0 and lines["keras backend"] == keras.backend.backend()
+    assert lines["accelerators"] and lines["precision (auto)"] in ("float32", "mixed_bfloat16", "mixed_float16")
+    assert lines["profile"] in ("smoke", "cpu", "gpu")
+
+
+# -- predict on real photos ------------------------------------------------------------------------------
+
+def _predictions(out: str) -> dict:
+    "{image path: [(class name, probability), ...]} from predict's output."
+    res, cur = {}, None
+    for line in out.splitlines():
+        if not line.startswith("  "):
+            cur = res.setdefault(line, [])
+        else:
+            parts = line.split()
+            cur.append((parts[1], float(parts[-2])))
+    return res
+
+
+def test_predict_real_photos_and_bad_files(files, capsys):
+    """Two real photos among a non-image, a truncated JPEG and a decompression bomb: each bad file is reported
+    by name, the photos are still classified, and the exit status is 1."""
+    names = ["chelsea.jpg", "notes.txt", "bomb.png", "truncated.jpg", "coffee.png"]
+    status, out, err = _run(capsys, ["predict", *[str(files / n) for n in names],
+                                     "--weights", str(files / "random.safetensors"), "--top", "3"])
+    assert status == 1
+    preds = _predictions(out)
+    assert list(preds) == [str(files / "chelsea.jpg"), str(files / "coffee.png")]
+    for rows in preds.values():
+        probs = [p for _, p in rows]
+        assert len(rows) == 3 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert "notes.txt" in err and "not an image" in err
+    assert "bomb.png" in err and "safety limit" in err
+    assert "truncated.jpg" in err and "3 of 5 images could not be read" in err
+    assert "Traceback" not in err
+
+
+def test_predict_a_folder(files, capsys):
+    "A folder argument means the image files directly inside it, sorted (the bomb among them is skipped)."
+    status, out, err = _run(capsys, ["predict", str(files), "--weights", str(files / "random.safetensors"),
+                                     "--top", "1"])
+    assert list(_predictions(out)) == [str(files / "chelsea.jpg"), str(files / "coffee.png")]
+    assert status == 1 and "bomb.png" in err
+
+
+def test_convert_round_trip(files, capsys, tmp_path):
+    "safetensors -> .weights.h5 through the CLI; predict gives the same probabilities from either file."
+    out_file = tmp_path / "xxtiny.weights.h5"
+    status, out, _ = _run(capsys, ["convert", str(files / "random.safetensors"), str(out_file),
+                                   "--model", "gcvit_xxtiny"])
+    assert status == 0 and out_file.exists() and "verified" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["xxtiny.weights.h5"]      # no temp left
+    photo = str(files / "chelsea.jpg")
+    _, a, _ = _run(capsys, ["predict", photo, "--weights", str(files / "random.safetensors")])
+    _, b, _ = _run(capsys, ["predict", photo, "--weights", str(out_file)])
+    assert a == b and len(_predictions(a)[photo]) == 5
+
+
+# -- writing: read-only folder and full disk ---------------------------------------------------------------
+
+def _fail_saving(monkeypatch, err_no):
+    "Make Keras' weight writer fail part-way, as on a full disk (it first writes some bytes)."
+    def save_weights(self, filepath, *a, **k):
+        Path(filepath).write_bytes(b"partial")
+        raise OSError(err_no, os.strerror(err_no), str(filepath))
+    monkeypatch.setattr(keras.Model, "save_weights", save_weights)
+
+
+@pytest.mark.parametrize("err_no", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_convert_failure_leaves_no_partial_file_and_keeps_the_old_one(err_no, files, tmp_path, monkeypatch,
+                                                                        capsys):
+    out_file = tmp_path / "xxtiny.weights.h5"
+    out_file.write_bytes(b"previous weights")
+    _fail_saving(monkeypatch, err_no)
+    status, _, err = _run(capsys, ["convert", str(files / "random.safetensors"), str(out_file),
+                                   "--model", "gcvit_xxtiny"])
+    assert status == 1 and os.strerror(err_no) in err and str(out_file) in err and "Traceback" not in err
+    assert out_file.read_bytes() == b"previous weights"
+    assert [p.name for p in tmp_path.iterdir()] == ["xxtiny.weights.h5"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_convert_into_a_read_only_folder(files, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        status, _, err = _run(capsys, ["convert", str(files / "random.safetensors"), str(ro / "x.weights.h5"),
+                                       "--model", "gcvit_xxtiny"])
+        assert status == 1 and "x.weights.h5" in err and list(ro.iterdir()) == []
+    finally:
+        ro.chmod(0o755)
+
+
+# -- fuzzing the arguments -------------------------------------------------------------------------------
+
+class _FakeModel:
+    gcvit_config = {"input_shape": (32, 32, 3)}
+
+    def predict(self, x, verbose=0):
+        return np.random.default_rng(0).normal(size=(len(x), 1000))
+
+
+def test_fuzz_arguments(files, monkeypatch, capsys):
+    """Random command lines from a vocabulary of good and bad tokens: every one ends in an exit status (0, 1
+    or 2) or argparse's SystemExit(0/2), never in an exception. The model is a stand-in, to keep it fast."""
+    import gcvit_nb.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "create_model", lambda *a, **k: _FakeModel())
+    monkeypatch.setitem(cli.DELEGATED, "bench", ("gcvit_nb.cli", "_fail"))    # no benchmark runs here
+    vocab = ["predict", "convert", "info", "bench", "--top", "--model", "--weights", "0", "-3", "5", "1e9",
+             "gcvit_xxtiny", "gcvit_tiny", "nonsense", "", "-", "--", "--help", str(files / "chelsea.jpg"),
+             str(files / "notes.txt"), str(files / "bomb.png"), str(files / "empty"), str(files),
+             str(files / "random.safetensors"), str(files / "missing.jpg"), "out.weights.h5", "\x00", "é"]
+    rng = random.Random(0)
+    for _ in range(150):
+        argv = [rng.choice(vocab) for _ in range(rng.randint(0, 6))]
+        if "convert" in argv[:1]:
+            argv = ["convert", "--model", "nonsense", *argv[1:]]    # no real conversions in the fuzz
+        try:
+            status = main(argv)
+        except SystemExit as e:
+            status = e.code
+        except Exception as e:      # noqa: BLE001 - this is what the fuzz looks for
+            raise AssertionError(f"gcvit-nb {argv!r} raised {type(e).__name__}: {e}") from e
+        assert status in (0, 1, 2), (argv, status)
+        err = capsys.readouterr().err
+        assert "Traceback" not in err, argv
