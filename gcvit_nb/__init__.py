@@ -36,6 +36,8 @@ _PUBLIC = {
     # 14_deploy: export to SavedModel / ONNX / LiteRT / OpenVINO, verified in each runtime
     "export_model": "deploy", "load_artifact": "deploy", "verify_artifact": "deploy",
     "ExportUnsupported": "deploy", "ExportVerificationError": "deploy",
+    # 13_explain: attention maps, Grad-CAM, overlays
+    "attention_maps": "explain", "grad_cam": "explain", "overlay": "explain",
     # chapter 09: benchmarks
     "run_benchmark": "benchmark",
 }
