@@ -28,11 +28,13 @@ _PUBLIC = {
     "create_model": "pretrained", "PRETRAINED": "pretrained", "download_checkpoint": "pretrained",
     "fetch_checkpoint": "pretrained", "PretrainedWeightsUnavailable": "pretrained",
     "preprocess_image": "pretrained", "decode_predictions": "pretrained", "imagenet_labels": "pretrained",
-    # chapter 07: fine-tuning (data pipelines, recipe, safe run directories)
-    # (the function finetune() is reached as gcvit_nb.finetune.finetune: the module has the same name)
-    "load_data": "finetune", "load_image_folder": "finetune", "load_tfds": "finetune",
-    "load_fashion_mnist": "finetune", "make_dataset": "finetune", "load_run_model": "finetune",
-    "DatasetUnavailable": "finetune", "NonFiniteLoss": "finetune",
+    # 09_data, 10_runs, 11_report (appendix C): training data, run directories, evaluation
+    "load_data": "data", "load_image_folder": "data", "load_tfds": "data", "load_fashion_mnist": "data",
+    "make_dataset": "data", "ImageData": "data", "Augment": "data", "DatasetUnavailable": "data",
+    "atomic_write": "runs", "NonFiniteLoss": "runs", "RunDirectoryBusy": "runs", "read_state": "runs",
+    "evaluate": "report",
+    # 12_finetune: the recipe (the function finetune() is gcvit_nb.finetune.finetune: same name as its module)
+    "FinetuneConfig": "finetune", "load_run_model": "finetune", "build_classifier": "finetune",
     # 14_deploy: export to SavedModel / ONNX / LiteRT / OpenVINO, verified in each runtime
     "export_model": "deploy", "load_artifact": "deploy", "verify_artifact": "deploy",
     "ExportUnsupported": "deploy", "ExportVerificationError": "deploy",
