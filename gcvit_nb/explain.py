@@ -414,5 +414,6 @@ def explain_cli(argv=None) -> int:
             print(f"wrote {target}")
         return 0
     except (ValueError, OSError, RuntimeError) as e:   # bad input: 2; files, weights: 1
-        print(f"gcvit-nb explain: error: {e}", file=sys.stderr)
+        hint = " (gcvit-nb explain: use --weights PATH)" if "download" in str(e) else ""
+        print(f"gcvit-nb explain: error: {e}{hint}", file=sys.stderr)
         return 2 if isinstance(e, ValueError) else 1
