@@ -250,6 +250,18 @@ class GCViT(keras.Model):
             _check_rate(rate, what)
         if pooling not in (None, "avg", "max"):
             raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
+        flags = {"include_top": include_top, "features_only": features_only,
+                 "qkv_bias": qkv_bias}
+        for what, flag in flags.items():
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{what} must be True or False, got {flag!r}.")
+        if layer_scale is not None and (isinstance(layer_scale, bool) or not isinstance(
+                layer_scale, (int, float)) or not layer_scale > 0):
+            raise ValueError("layer_scale must be None or a positive number, got "
+                             f"{layer_scale!r}.")
+        unknown = sorted(set(kwargs) - {"trainable", "dtype"})
+        if unknown:
+            raise TypeError(f"Unknown GCViT argument(s): {', '.join(unknown)}.")
         if include_top and not features_only:
             num_classes = _positive_int(num_classes, "num_classes")
         feats, windows = stage_geometry((h, w, c), window_ratio, window_size,
@@ -327,6 +339,10 @@ class GCViT(keras.Model):
     def _check_batch(self, x, method: str):
         """Check a concrete batch before Keras traces anything: under JAX an error
         raised inside a trace leaves the model unusable."""
+        spec = getattr(x, "element_spec", None)     # a tf.data.Dataset: its batch spec
+        spec = spec[0] if isinstance(spec, tuple) else spec
+        if getattr(getattr(spec, "shape", None), "rank", None) is not None:
+            self._check_images(spec)
         if not (hasattr(x, "shape") and hasattr(x, "dtype")):
             return                    # datasets and generators: checked per batch
         self._check_images(x)
@@ -336,6 +352,10 @@ class GCViT(keras.Model):
             dtype = keras.backend.standardize_dtype(x.dtype)
         except ValueError:
             return
+        if isinstance(x, np.ndarray) and x.dtype.kind == "f" \
+                and not np.isfinite(x).all():
+            warnings.warn(f"{method} got images with NaN or Inf values: the outputs "
+                          "will be NaN.", UserWarning, stacklevel=3)
         pixels = isinstance(x, np.ndarray) and x.min() >= 0 and x.max() > 2
         if "int" in dtype or pixels:
             warnings.warn(f"{method} got {dtype} images with values up to "

@@ -21,8 +21,8 @@ from .model import GCViT, VARIANTS
 from .checkpoints import load_pretrained, read_checkpoint
 # Names that lived here before Appendix B existed, still importable from this module:
 from .checkpoints import (describe_checkpoint, detect_layout,  # noqa: F401
-                                  guess_variant, official_to_timm, timm_to_official,
-                                  to_timm_layout)
+                                  guess_variant, load_timm_weights, official_to_timm,
+                                  timm_state_dict, timm_to_official, to_timm_layout)
 
 # %% ../nbs/08_pretrained.ipynb #5d673796
 PRETRAINED = {
@@ -87,6 +87,9 @@ def fetch_checkpoint(repo_id: str, filename: str, *, endpoint=None, cache_dir=No
     Raises PretrainedWeightsUnavailable within about `timeout` s when the hub (or the
     proxy) does not answer, and when a download stalls for `timeout` s."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds: {timeout!r}.")
     endpoint = endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
     endpoint = endpoint.rstrip("/")
     url = f"{endpoint}/{repo_id}/resolve/main/{filename}"
@@ -160,7 +163,8 @@ def create_model(name: str, /, *, pretrained=False, input_shape=None,
     if name not in VARIANTS:
         raise ValueError(f"Unknown GCViT variant {name!r}. "
                          f"Valid names: {', '.join(VARIANTS)}.")
-    source = download_checkpoint(name) if pretrained is True else (pretrained or None)
+    source = (download_checkpoint(name) if pretrained is True
+              else None if pretrained is None or pretrained is False else pretrained)
     model = GCViT.from_variant(name, input_shape=input_shape, num_classes=num_classes,
                                include_top=include_top, **overrides)
     return load_pretrained(model, source) if source is not None else model
@@ -262,6 +266,9 @@ def preprocess_image(image_or_path, size: int = 224, crop_pct: float = 0.875):
     if isinstance(image_or_path, (list, tuple)):
         if not image_or_path:
             raise ValueError("preprocess_image got an empty list: no images.")
+        if any(isinstance(im, (list, tuple, int, float)) for im in image_or_path):
+            raise ValueError("A list is a batch of images (paths, Pillow images or "
+                             "arrays); make nested lists of pixels an array first.")
         return np.concatenate([preprocess_image(im, size, crop_pct)
                                for im in image_or_path])
     is_path = isinstance(image_or_path, (str, os.PathLike))

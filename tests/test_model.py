@@ -354,13 +354,22 @@ def test_bad_window_values(window_size):
                                  dict(num_classes=2.5), dict(num_classes="7"), dict(num_classes=None),
                                  dict(window_ratio=0), dict(window_ratio=(32, 32, 16)),
                                  dict(input_shape=(64, 64, 0)), dict(input_shape=(64.0, 64, 3)),
-                                 dict(input_shape="64x64")])
+                                 dict(input_shape="64x64"), dict(include_top="yes"), dict(qkv_bias=1),
+                                 dict(features_only=None), dict(layer_scale=-1e-5), dict(layer_scale="1e-5")])
 def test_bad_constructor_values_are_clear_errors(bad):
     kwargs = {**TINY, "input_shape": (64, 64, 3), **bad}
     name = next(iter(bad))
     with pytest.raises(ValueError) as err:
         gcvit_nb.GCViT(**kwargs)
     assert name.split("_")[0] in str(err.value) or "depths" in str(err.value)
+
+
+def test_unknown_arguments_are_refused():
+    "A misspelt argument (the keras.io code's Block(drop=...)) must not be ignored."
+    with pytest.raises(TypeError, match="drop_path"):
+        gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3), drop_path=0.1)
+    with pytest.raises(TypeError, match="windowsize"):
+        gcvit_nb.GCViT.from_variant("gcvit_xxtiny", windowsize=7)
 
 
 def test_numpy_integers_are_fine():
@@ -390,6 +399,14 @@ def test_wrong_shape_predict_leaves_the_model_usable(tiny64, tmp_path):
     assert (tmp_path / "after.weights.h5").stat().st_size > 0
 
 
+def test_wrong_shape_dataset_is_refused_before_tracing(tiny64):
+    tf = pytest.importorskip("tensorflow")
+    ds = tf.data.Dataset.from_tensor_slices(np.zeros((2, 80, 80, 3), "float32")).batch(2)
+    with pytest.raises(ValueError, match="64×64"):
+        tiny64.predict(ds, verbose=0)
+    assert run(tiny64, images((1, 64, 64, 3))).shape == (1, TINY["num_classes"])
+
+
 def test_zero_images(tiny64):
     for method in (lambda b: tiny64.predict(b, verbose=0), tiny64.predict_on_batch):
         with pytest.raises(ValueError, match="zero images"):
@@ -404,6 +421,13 @@ def test_raw_pixels_given_to_the_model_warn(tiny64, raw):
         tiny64.predict(raw, verbose=0)
     with pytest.warns(UserWarning, match="0-255"):
         tiny64(raw)
+
+
+def test_non_finite_images_warn(tiny64):
+    x = images((1, 64, 64, 3))
+    x[0, 0, 0, 0] = np.nan
+    with pytest.warns(UserWarning, match="NaN or Inf"):
+        tiny64.predict(x, verbose=0)
 
 
 def test_normalised_images_do_not_warn(tiny64):

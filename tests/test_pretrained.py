@@ -43,6 +43,17 @@ def test_wrong_pretrained_types_are_refused_before_building(pretrained, monkeypa
         P.create_model("gcvit_xxtiny", pretrained=pretrained)
 
 
+def test_empty_path_is_not_silently_no_weights():
+    with pytest.raises(FileNotFoundError):
+        P.create_model("gcvit_xxtiny", pretrained="", input_shape=(32, 32, 3))
+
+
+@pytest.mark.parametrize("timeout", [0, -1, "5", None, True])
+def test_bad_timeouts(timeout, tmp_path):
+    with pytest.raises(ValueError, match="timeout"):
+        P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=timeout)
+
+
 @pytest.mark.parametrize("name", [None, 3, ("gcvit_xxtiny",)])
 def test_wrong_name_types(name):
     with pytest.raises(TypeError, match="variant name"):
@@ -282,7 +293,7 @@ def test_odd_sizes(shape):
     (np.zeros(5, "uint8"), "image array"), (np.full((4, 4, 3), np.nan), "NaN"),
     (np.array([[{"a": 1}]], dtype=object), "numeric"), (np.zeros((4, 4), complex), "numeric"),
     (np.full((4, 4), -5, "int16"), "8- or 16-bit"), (np.full((4, 4), 70000, "int32"), "8- or 16-bit"),
-    ([], "empty list"), ("no/such/file.png", "not a readable image"),
+    ([], "empty list"), ("no/such/file.png", "not a readable image"), ([[[0, 0, 0]]], "nested lists"),
 ])
 def test_bad_images(bad, match):
     with pytest.raises(ValueError, match=match):
