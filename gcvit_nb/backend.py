@@ -323,8 +323,8 @@ def max_pool_3x3_s2(x):
 _SQRT_HALF = 0.7071067811865476   # 1/√2
 
 def gelu(x):
-    "Exact GELU, 0.5·x·(1 + erf(x/√2)), written with `erf` (exportable to ONNX)."
+    "Exact GELU, 0.5·x·(1 + erf(x/√2)): `erf` on TF (ONNX), `erfc` on JAX (jax2tf)."
     x = ops.convert_to_tensor(x)
-    if _fast("torch"):
+    if keras.backend.backend() == "jax" or _fast("torch"):   # JAX: erfc; torch: fused
         return ops.gelu(x, approximate=False)
     return 0.5 * x * (1.0 + ops.erf(x * _SQRT_HALF))
