@@ -44,10 +44,8 @@ def _cpu_model() -> str:
 
 def machine_info(threads=None) -> dict:
     "What the numbers are measured on: CPU, CPUs usable, memory, OS, versions, load."
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
+    affinity = getattr(os, "sched_getaffinity", None)
+    usable = len(affinity(0)) if affinity else os.cpu_count()
     try:
         mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     except (AttributeError, ValueError, OSError):
@@ -176,7 +174,7 @@ def _check_options(model, size, backends, reference, mode, precision, paths, cou
         raise ValueError(f"Backend {', '.join(missing)} is not installed in this "
                          "Python; install it or leave it out of --backends.")
     for name, (value, low) in counts.items():
-        if not isinstance(value, (int, float)) or value < low:
+        if not isinstance(value, (int, float)) or not value >= low:      # NaN too
             raise ValueError(f"{name} must be a number >= {low}, got {value!r}.")
     names = {p for table in (PATHS, OPT_IN_PATHS) for side in table.values()
              for names in side.values() for p in names}
@@ -349,7 +347,7 @@ def format_results(results: dict) -> str:
                      f"{r['first_call_s']:10.2f} {r['peak_rss_mb']:11.0f} {diff:>11s} "
                      f"{_fmt(others and 100 * others, '5.0f'):>5s}%")
     lines.append("* the fastest path of its side and mode; 'x ref' = its images/s over "
-                 "the reference's;\n'others' = CPU share other programs took meanwhile.")
+                 "the reference's;\n'others' = CPU share other programs took.")
     return "\n".join(lines)
 
 # %% ../nbs/16_benchmark.ipynb #194cff28
@@ -389,6 +387,11 @@ def bench_cli(argv=None) -> int:
                             warmup=0, paths="best", reference="none", mode="infer")
     kw = vars(parser.parse_args(argv))        # option names = run_benchmark's arguments
     out, _ = kw.pop("json"), kw.pop("smoke")
+    try:                                      # an unwritable --json fails first
+        out and Path(out).parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"gcvit-nb bench: error: cannot write {out}: {e}", file=sys.stderr)
+        return 2
     if kw["backends"] is None:
         kw["backends"] = [b for b in BACKENDS if importlib.util.find_spec(b)]
     else:
@@ -405,7 +408,6 @@ def bench_cli(argv=None) -> int:
         from gcvit_nb.runs import atomic_write
         text = json.dumps(results, indent=1) + "\n"
         try:
-            Path(out).parent.mkdir(parents=True, exist_ok=True)
             atomic_write(out, lambda tmp: Path(tmp).write_text(text))
         except OSError as e:
             print(f"gcvit-nb bench: error: could not write {out}: {e}", file=sys.stderr)

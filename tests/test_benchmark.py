@@ -166,3 +166,40 @@ def test_smoke_run_against_timm(tmp_path):
     res = json.loads(out.read_text())
     assert res["config"]["reference_versions"]["timm"] >= "1.0.31"
     assert res["summary"][BACKEND]["infer"]["logits_max_abs_diff"] < 1e-4
+
+
+def test_unwritable_json_fails_before_any_run(tmp_path, capsys):
+    "--json under a path that is a file: refused at once (exit 2), before minutes of measurements."
+    (tmp_path / "file").write_text("x")
+    assert bench_cli(["--smoke", "--reference", "none", "--json", str(tmp_path / "file" / "b.json")]) == 2
+    assert "cannot write" in capsys.readouterr().err
+
+
+def _fake_child(job, python, workdir, timeout):
+    return dict(ok=True, median_s=0.1, iqr_s=0.0, images_per_s=20.0, first_call_s=0.2, peak_rss_mb=100.0,
+                accelerators=[], spec=job.get("spec") or {}, tensors=1, params=1)
+
+
+def test_fuzz_bench_arguments(monkeypatch, capsys, tmp_path):
+    """Seeded random `gcvit-nb bench` command lines (children faked): each ends in exit 0, 1 or 2 (or
+    argparse's SystemExit 0/2), never in an exception or a traceback."""
+    import random
+    monkeypatch.setattr(benchmark, "_run_child", _fake_child)
+    monkeypatch.setattr(benchmark, "check_reference", lambda python: {"timm": "1.0.31"})
+    vocab = ["--model", "gcvit_smoke", "gcvit_huge", "", "--image-size", "0", "-5", "32", "1e9", "nan",
+             "--batch-size", "--threads", "--repeats", "--warmup", "--rounds", "--timeout", "inf", "-inf",
+             "--backends", BACKEND, "theano", ",", "jax,torch", "--reference", "none", "timm", "onnx",
+             "--reference-python", "/no/such", "--mode", "infer", "both", "fast", "--paths", "all", "best",
+             "tf_function", "nonsense", "--precision", "bfloat16", "fp8", "--seed", "-1", "--smoke", "--help",
+             "--json", str(tmp_path / "out.json"), str(tmp_path / "out.json" / "x.json"), "\x00", "--"]
+    rng = random.Random(0)
+    for _ in range(300):
+        argv = [rng.choice(vocab) for _ in range(rng.randint(0, 8))]
+        try:
+            status = bench_cli(argv)
+        except SystemExit as e:
+            status = e.code
+        except Exception as e:      # noqa: BLE001 - what the fuzz looks for
+            raise AssertionError(f"gcvit-nb bench {argv!r} raised {type(e).__name__}: {e}") from e
+        assert status in (0, 1, 2), (argv, status)
+        assert "Traceback" not in capsys.readouterr().err, argv

@@ -167,6 +167,25 @@ def test_predict_real_photos_and_bad_files(files, capsys):
     assert "Traceback" not in err
 
 
+def test_missing_and_unreadable_files_are_skipped(files, tmp_path, monkeypatch, capsys):
+    "A missing file, a dangling link and (when not root) an unreadable file: each reported, the rest classified."
+    import gcvit_nb.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "create_model", lambda *a, **k: _FakeModel())
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    bad = [str(tmp_path / "missing.jpg"), str(tmp_path / "dangling.jpg")]
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked.jpg"
+        locked.write_bytes((files / "chelsea.jpg").read_bytes())
+        locked.chmod(0)
+        bad.append(str(locked))
+    status, out, err = _run(capsys, ["predict", *bad, str(files / "chelsea.jpg"),
+                                     "--weights", str(files / "random.safetensors"), "--top", "2"])
+    assert status == 1 and list(_predictions(out)) == [str(files / "chelsea.jpg")]
+    for path in bad:
+        assert f"skipped {path}" in err
+    assert f"{len(bad)} of {len(bad) + 1} images could not be read" in err and "Traceback" not in err
+
+
 def test_predict_a_folder(files, capsys):
     "A folder argument means the image files directly inside it, sorted (the bomb among them is skipped)."
     status, out, err = _run(capsys, ["predict", str(files), "--weights", str(files / "random.safetensors"),

@@ -60,7 +60,7 @@ import keras  # noqa: E402
 from keras import ops  # noqa: E402
 
 import gcvit_nb  # noqa: E402
-from gcvit_nb.model import create_model  # noqa: E402
+from gcvit_nb.model import GCViT  # noqa: E402
 
 BACKEND = keras.backend.backend()
 if BACKEND == "torch":
@@ -243,7 +243,7 @@ def main():
         report["parity_max_abs_diff"] = parity()
         print(f"parity vs timm fixture: max|dlogit| = {report['parity_max_abs_diff']:.2e}", flush=True)
     keras.utils.set_random_seed(0)
-    model = create_model(ARGS.model, input_shape=(ARGS.image_size, ARGS.image_size, 3))
+    model = GCViT.from_variant(ARGS.model, input_shape=(ARGS.image_size, ARGS.image_size, 3))
     MODEL_VARIABLES[:] = model.weights
     x = np.random.default_rng(0).standard_normal((ARGS.batch_size, ARGS.image_size, ARGS.image_size, 3)).astype("float32")
     whole, whole_first = whole_model_time(model, x)
