@@ -5,11 +5,7 @@ __all__ = ['value_and_grad', 'resize_map', 'grad_cam', 'BlockAttention', 'Attent
            'localisation_task', 'peak_in_box', 'explain_cli']
 
 # %% ../nbs/13_explain.ipynb #8d5bde2c
-import argparse
-import gzip
-import os
-import struct
-import sys
+import argparse, gzip, os, struct, sys, weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,26 +65,29 @@ def _check_classes(class_index, logits) -> np.ndarray:
     return idx.astype("int64")
 
 # %% ../nbs/13_explain.ipynb #c18acf19
-def value_and_grad(fn, x):
-    """Run `fn(x) -> (objective, aux)`; return `(aux, d objective / dx)` in NumPy, via
-    tf.GradientTape, jax.value_and_grad (jit-compiled) or torch.autograd.grad."""
+def value_and_grad(fn, x, *args):
+    """Run `fn(x, *args) -> (objective, aux)`; return `(aux, d objective / dx)` in NumPy
+    via tf.GradientTape, jax.value_and_grad (compiled once per `fn`, kept on it) or
+    torch.autograd.grad; `args` (e.g. one-hot targets) are not differentiated."""
     backend = keras.backend.backend()
-    x = np.asarray(x, "float32")
+    x, args = np.asarray(x, "float32"), [ops.convert_to_tensor(a) for a in args]
     if backend == "tensorflow":
         import tensorflow as tf
         x = tf.convert_to_tensor(x)
         with tf.GradientTape() as tape:
             tape.watch(x)
-            objective, aux = fn(x)
+            objective, aux = fn(x, *args)
         grad = tape.gradient(objective, x)
     elif backend == "jax":
         import jax
-        step = jax.jit(jax.value_and_grad(fn, has_aux=True))   # one compiled program
-        (_, aux), grad = step(jax.numpy.asarray(x))
+        step = getattr(fn, "_jax_step", None)
+        if step is None:             # trace and compile once, not on every call
+            step = fn._jax_step = jax.jit(jax.value_and_grad(fn, has_aux=True))
+        (_, aux), grad = step(jax.numpy.asarray(x), *args)
     elif backend == "torch":
         import torch
         x = ops.convert_to_tensor(x).detach().requires_grad_(True)
-        objective, aux = fn(x)
+        objective, aux = fn(x, *args)
         (grad,) = torch.autograd.grad(objective, x)   # leaves the weights' .grad alone
     else:
         raise NotImplementedError(f"Gradients need tensorflow, jax or torch: {backend}")
@@ -105,6 +104,8 @@ def _linear_matrix(n_in: int, n_out: int) -> np.ndarray:
 
 def resize_map(maps, size, method: str = "bilinear") -> np.ndarray:
     "Resize (..., h, w) maps to (..., H, W): `bilinear` or `nearest` (block per token)."
+    if method not in ("bilinear", "nearest"):
+        raise ValueError(f"method must be 'bilinear' or 'nearest'; got {method!r}.")
     maps = np.asarray(maps, "float64")
     (h, w), (H, W) = maps.shape[-2:], tuple(size)
     if method == "nearest":
@@ -120,9 +121,15 @@ def _unit(maps) -> np.ndarray:
     return ((maps - lo) / np.where(span > 0, span, np.inf)).astype("float32")
 
 # %% ../nbs/13_explain.ipynb #2e1b5e8c
-def _compiled(fn):
-    "`fn` as one compiled program on JAX (op-by-op dispatch is slow there), else as is."
-    return __import__("jax").jit(fn) if keras.backend.backend() == "jax" else fn
+_PROGRAMS = weakref.WeakKeyDictionary()   # model -> {key: program}; freed with it
+
+def _program(model, key, fn, jit: bool = True):
+    "`fn`, kept per model and key; on JAX compiled once (no re-trace, no re-compile)."
+    cache = _PROGRAMS.setdefault(model, {})
+    if key not in cache:
+        jax = jit and keras.backend.backend() == "jax"
+        cache[key] = __import__("jax").jit(fn) if jax else fn
+    return cache[key]
 
 def _run_from(stages, head, x, start: int):
     "Stages `start`… and the head, in inference mode, on a feature map."
@@ -131,30 +138,30 @@ def _run_from(stages, head, x, start: int):
     return x
 
 def grad_cam(model, images, class_index=None, stage: int = -1, *,
-             return_logits: bool = False):
+             upsample: str = "bilinear", return_logits: bool = False):
     """Grad-CAM maps: float32 (N, H, W) at the input resolution, each scaled to [0, 1].
 
-    The features A (h, w, C) leaving `stage` are weighted per channel by the mean of
-    d logit[class] / dA; their weighted sum, through a ReLU, is resized bilinearly.
-    `class_index`: None (each image's top class), an int, or one int per image."""
+    The features A (h, w, C) leaving `stage`, weighted per channel by the mean of
+    d logit[class] / dA, summed, through a ReLU; resized by `upsample` ("bilinear" or
+    "nearest", a block per token). `class_index`: None (top class), an int, a list."""
     stem, stages, head = _parts(model)
-    x = _check_images(model, images)
-    s = _check_stage(model, stage)
+    x, s = _check_images(model, images), _check_stage(model, stage)
     if not head:
         raise ValueError("grad_cam needs a classifier; this one has include_top=False.")
-    forward = _compiled(lambda t: _run_from(stages[:s + 1], [], stem(t), 0))
-    feats = ops.convert_to_numpy(forward(ops.convert_to_tensor(x)))
-    rest = _compiled(lambda a: _run_from(stages, head, a, s + 1))
-    logits = ops.convert_to_numpy(rest(ops.convert_to_tensor(feats)))
+    def forward(t):                                 # A and the logits
+        a = _run_from(stages[:s + 1], [], stem(t, training=False), 0)
+        return a, _run_from(stages, head, a, s + 1)
+    def score(a, onehot):                           # the target logits' sum, from A
+        out = ops.cast(_run_from(stages, head, a, s + 1), "float32")
+        return ops.sum(out * onehot), out
+    feats, logits = map(ops.convert_to_numpy, _program(model, ("cam", s), forward)(
+        ops.convert_to_tensor(x)))
     onehot = np.eye(logits.shape[-1], dtype="float32")
     onehot = onehot[_check_classes(class_index, logits)]
-    def score(a):
-        out = ops.cast(_run_from(stages, head, a, s + 1), "float32")
-        return ops.sum(out * ops.convert_to_tensor(onehot)), out
-    _, grads = value_and_grad(score, feats)
-    alpha = np.asarray(grads, "float64").mean(axis=(1, 2))                 # (N, C)
-    cam = np.einsum("nhwc,nc->nhw", np.asarray(feats, "float64"), alpha)
-    cam = _unit(resize_map(np.maximum(cam, 0), x.shape[1:3]))
+    score = _program(model, ("score", s), score, jit=False)  # value_and_grad compiles
+    alpha = value_and_grad(score, feats, onehot)[1].astype("float64").mean(axis=(1, 2))
+    cam = np.einsum("nhwc,nc->nhw", np.asarray(feats, "float64"), alpha)  # (N, h, w)
+    cam = _unit(resize_map(np.maximum(cam, 0), x.shape[1:3], upsample))
     return (cam, logits) if return_logits else cam
 
 # %% ../nbs/13_explain.ipynb #7f9faa67
@@ -189,8 +196,7 @@ def _attention_probs(block, x, q_global):
     attn, (wh, ww) = block.attn, block.window
     y = block.norm1(x)
     pad_h, pad_w = (-y.shape[1]) % wh, (-y.shape[2]) % ww
-    if pad_h or pad_w:
-        y = ops.pad(y, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+    y = ops.pad(y, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])       # (a no-op if 0)
     windows = window_partition(y, block.window)                      # (B, nW, n, C)
     parts, shape = (2 if block.use_global else 3), (-1, windows.shape[1], wh * ww)
     t = ops.reshape(attn.qkv(windows), (*shape, parts, attn.num_heads, attn.head_dim))
@@ -232,13 +238,11 @@ def attention_maps(model, images, query=None, *, keep_probs: bool = False,
     """Local and global-query attention of every block and head, on image pixels.
 
     `query`: the pixel (y, x) whose token's attention fills `BlockAttention.query`
-    (default: the centre); `BlockAttention.average`: the attention each token receives,
-    averaged over its window's queries. The stages run through the model's own layers;
-    the softmax is recomputed beside that pass from each block's input, so the logits
-    are those of a plain forward pass and the model is not touched."""
+    (default: the centre); `.average`: the attention a token gets, averaged over its
+    window's queries. Each softmax is recomputed beside a pass through the model's own
+    layers, so the logits are those of a plain forward pass."""
     stem, stages, head = _parts(model)
-    x = _check_images(model, images)
-    H, W = x.shape[1:3]
+    H, W = (x := _check_images(model, images)).shape[1:3]
     query = (H // 2, W // 2) if query is None else tuple(int(v) for v in query)
     if len(query) != 2 or not (0 <= query[0] < H and 0 <= query[1] < W):
         raise ValueError(f"query must be a pixel (y, x) inside the {H}×{W} image; "
@@ -255,7 +259,7 @@ def attention_maps(model, images, query=None, *, keep_probs: bool = False,
                 t = block(t, q, training=False)
             t = stage.norm(t) if stage.norm is not None else t
         return _run_from([], head, t, 0), probs
-    logits, probs = _compiled(record)(ops.convert_to_tensor(x))
+    logits, probs = _program(model, "attention", record)(ops.convert_to_tensor(x))
     where = [(s, j, st, b) for s, st in enumerate(stages)
              for j, b in enumerate(st.blocks)]
     blocks = []
@@ -308,9 +312,9 @@ def localisation_task(n: int, *, size: int = 96, classes=(1, 7, 8),
     prefix = {"train": "train", "test": "t10k"}[split]
     files = [root / f"{prefix}-{k}-ubyte.gz" for k in ("images-idx3", "labels-idx1")]
     if not all(f.is_file() for f in files):
-        raise FileNotFoundError(f"Fashion-MNIST is not in {root}: install the Debian "
-                                "package dataset-fashion-mnist, or set "
-                                "GCVIT_FASHION_MNIST_DIR to its folder.")
+        raise FileNotFoundError(
+            f"Fashion-MNIST is not in {root}: install the Debian package "
+            "dataset-fashion-mnist or set GCVIT_FASHION_MNIST_DIR to its folder.")
     if size < 56:
         raise ValueError(f"size={size} is too small for clutter around a 28 px item.")
     items, item_labels = _read_idx(files[0]), _read_idx(files[1])
@@ -357,8 +361,7 @@ def _save_figure(path, photo, panels, title):
     "A PNG of (title, heat map) panels over the photo, written then renamed into place."
     from matplotlib.figure import Figure      # not pyplot: no GUI, no global state
     from gcvit_nb.runs import atomic_write
-    cols = min(4, len(panels))
-    rows = -(-len(panels) // cols)
+    cols, rows = min(4, len(panels)), -(-len(panels) // 4)
     fig = Figure(figsize=(2.6 * cols, 2.8 * rows))
     axes = fig.subplots(rows, cols, squeeze=False)
     _ = [ax.axis("off") for ax in axes.flat]
@@ -370,7 +373,7 @@ def _save_figure(path, photo, panels, title):
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 def explain_cli(argv=None) -> int:
-    """`gcvit-nb explain IMAGE… --model NAME [--weights PATH] --method gradcam|attention
+    """`gcvit-nb explain IMAGE… --model M [--weights PATH] --method gradcam|attention
     --out DIR`: a PNG per image. Returns 0, 1 (missing file/weights), 2 (bad input)."""
     p = argparse.ArgumentParser(prog="gcvit-nb explain",
                                 description="Grad-CAM or attention maps, one PNG each.")
@@ -393,10 +396,8 @@ def explain_cli(argv=None) -> int:
         files = [*args.images, *([args.weights] if args.weights else [])]
         if missing := [f for f in files if not Path(f).is_file()]:
             raise FileNotFoundError(f"No file at {', '.join(missing)}.")
-        model = _cli_model(args)
-        _check_stage(model, args.stage)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+        _check_stage(model := _cli_model(args), args.stage)
+        (out := Path(args.out)).mkdir(parents=True, exist_ok=True)
         for f in args.images:
             x = preprocess_image(f, size=model.gcvit_config["input_shape"][0])
             photo = np.clip(x[0] * IMAGENET_STD + IMAGENET_MEAN, 0, 1)
