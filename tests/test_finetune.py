@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from _training import BACKEND, CLASSES, JAX_CACHE, ONE, RUN, TINY, TWO, array_data, make_image_folder
+import shutil
+
+from _training import BACKEND, JAX_CACHE, ONE, RUN, TINY, TWO, array_data, make_image_folder, once
 
 import keras  # noqa: E402
 
@@ -29,11 +31,31 @@ def image_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def straight_run(image_folder, tmp_path_factory):
-    "History of an uninterrupted two-epoch run on one device: the reference for resuming and data parallelism."
+def straight(image_folder, tmp_path_factory):
+    """The one uninterrupted two-epoch run on one device per backend: its run directory is checked, and its
+    history is the reference for resuming and data parallelism."""
     m = ft.finetune(image_folder, output=tmp_path_factory.mktemp("straight") / "run", **TWO, **RUN)
     assert m["devices"] == 1
-    return json.loads((Path(m["run_dir"]) / "history.json").read_text())
+    return m
+
+
+@pytest.fixture(scope="module")
+def straight_run(straight):
+    return json.loads((Path(straight["run_dir"]) / "history.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def interrupted(image_folder, tmp_path_factory):
+    "A run interrupted after epoch 1 of 2 (trained once; tests resume copies of it)."
+    run = tmp_path_factory.mktemp("interrupted") / "run"
+    with pytest.raises(KeyboardInterrupt):
+        ft.finetune(image_folder, output=run, callbacks=[_Interrupt()], **TWO, **RUN)
+    return run
+
+
+def _copy_run(run, tmp_path, name="run"):
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
 
 
 class _Interrupt(keras.callbacks.Callback):
@@ -60,6 +82,7 @@ def test_config_validates_and_lists_unknown_settings():
     json.dumps(record)
 
 
+@once
 def test_bad_counts_are_refused_before_anything_is_written(image_folder, tmp_path):
     for bad in (dict(epochs=0), dict(batch_size=0), dict(batch_size=-1), dict(epochs=-2)):
         with pytest.raises(ValueError, match=next(iter(bad))):
@@ -69,25 +92,32 @@ def test_bad_counts_are_refused_before_anything_is_written(image_folder, tmp_pat
     assert not (tmp_path / "never").exists()
 
 
-def test_one_epoch_run_writes_the_run_directory(image_folder, tmp_path, capsys):
-    m = ft.finetune(image_folder, output=tmp_path / "run", **ONE, **{**RUN, "verbose": 1, "run_eagerly": False})
-    run = tmp_path / "run"
+def test_a_run_writes_the_run_directory(straight):
+    m, run = straight, Path(straight["run_dir"])
     for name in ("history.json", "metrics.json", "state.json", "best.keras", "last.keras", "curves.png",
                  "confusion_matrix.png", "predictions.png"):
         assert (run / name).is_file(), name
     saved = json.loads((run / "metrics.json").read_text())
     assert [s["file"] for s in saved["skipped_files"]] == ["circle/truncated.jpg", "square/notes.txt"]
-    assert "circle/truncated.jpg" in capsys.readouterr().out
-    assert saved["epochs_completed"] == 1 and saved["n_val"] == 6 and 0 <= saved["val_accuracy"] <= 1
+    assert saved["epochs_completed"] == 2 and saved["n_val"] == 6 and 0 <= saved["val_accuracy"] <= 1
     assert np.sum(saved["confusion_matrix"]) == 6 and saved["backend"] == BACKEND
     assert saved["val_accuracy"] == m["val_accuracy"] and saved["precision"] == "float32"
     history = json.loads((run / "history.json").read_text())
-    assert len(history["loss"]) == 1 and np.isfinite(history["loss"][0])
+    assert len(history["loss"]) == 2 and np.all(np.isfinite(history["loss"]))
     model = ft.load_run_model(run, "last")
     assert model.output_shape == (None, 3)
     assert not list(run.glob(".*tmp*")) and not (run / ".gcvit-nb.lock").exists()
     state = runs.read_state(run)
     assert state["format"] == 2 and state["config"]["batch_size"] == 6 and state["config"]["window_size"] == [4, 4, 3, 2]
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="the other backends' runs above are compiled already")
+def test_compiled_run_on_tensorflow(image_folder, tmp_path, capsys):
+    "The other TensorFlow runs are eager (tracing costs more than their few steps); this one traces the graph."
+    m = ft.finetune(image_folder, output=tmp_path / "run", **ONE, **{**RUN, "verbose": 1, "run_eagerly": False})
+    assert m["epochs_completed"] == 1 and 0 <= m["val_accuracy"] <= 1
+    assert np.isfinite(json.loads((tmp_path / "run" / "history.json").read_text())["loss"][0])
+    assert "circle/truncated.jpg" in capsys.readouterr().out
 
 
 def test_readme_call_signature_still_works():
@@ -98,10 +128,8 @@ def test_readme_call_signature_still_works():
     assert ft.FinetuneConfig().replace(**bound.arguments["settings"]).epochs == 5
 
 
-def test_interrupt_then_resume(image_folder, tmp_path, straight_run):
-    run = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune(image_folder, output=run, callbacks=[_Interrupt()], **TWO, **RUN)
+def test_interrupt_then_resume(image_folder, tmp_path, interrupted, straight_run):
+    run = _copy_run(interrupted, tmp_path)
     state = runs.read_state(run)
     assert state["epoch"] == 1 and state["checkpoint"] == "checkpoints/epoch_001.keras"
     assert (run / "last.keras").is_file() and not (run / "metrics.json").exists()
@@ -126,13 +154,12 @@ def test_interrupt_then_resume(image_folder, tmp_path, straight_run):
     np.testing.assert_allclose(history["val_loss"], straight_run["val_loss"], rtol=1e-5)
 
 
-def test_run_directory_from_before_the_split_resumes(image_folder, tmp_path, straight_run):
+@once
+def test_run_directory_from_before_the_split_resumes(image_folder, tmp_path, interrupted, straight_run):
     """A run directory as the 959-line finetune module wrote it: state.json without `format` and with the old
     `config` keys, last.keras and best.keras hard links to the checkpoint. It resumes, and the links become
     independent copies."""
-    run = tmp_path / "old"
-    with pytest.raises(KeyboardInterrupt):
-        ft.finetune(image_folder, output=run, callbacks=[_Interrupt()], **TWO, **RUN)
+    run = _copy_run(interrupted, tmp_path, "old")
     state = json.loads((run / "state.json").read_text())
     del state["format"]
     old_keys = ("data", "model", "pretrained", "image_size", "batch_size", "epochs", "freeze_epochs", "num_classes",
@@ -151,6 +178,7 @@ def test_run_directory_from_before_the_split_resumes(image_folder, tmp_path, str
     assert all((run / n).stat().st_nlink == 1 for n in ("last.keras", "best.keras", "checkpoints/epoch_002.keras"))
 
 
+@once
 def test_freeze_backbone_then_resume_at_the_boundary(image_folder, tmp_path):
     "freeze_epochs=1: epoch 1 trains only the head; resuming at the phase boundary unfreezes the backbone."
     keras.utils.set_random_seed(0)
@@ -167,6 +195,7 @@ def test_freeze_backbone_then_resume_at_the_boundary(image_folder, tmp_path):
     assert m["epochs_completed"] == 2 and not np.allclose(stem(ft.load_run_model(run, "last")), stem(initial))
 
 
+@once
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     x = np.full((12, 48, 48, 3), np.nan, "float32")
     y = np.arange(12, dtype="int32") % 3
@@ -177,6 +206,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     assert runs.read_state(tmp_path / "nan") is None and not (tmp_path / "nan" / "last.keras").exists()
 
 
+@once
 def test_cli(image_folder, tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = ["--data", str(image_folder), "--model", "gcvit_xxtiny", "--no-pretrained", "--epochs", "1",
@@ -196,6 +226,7 @@ def test_cli(image_folder, tmp_path, capsys):
     assert not Path(out).exists()
 
 
+@once
 def test_cli_run_and_resume(image_folder, tmp_path, monkeypatch, capsys):
     # The CLI builds named variants; swap in the tiny architecture (and eager TensorFlow) so the run takes seconds.
     real_build, real_finetune = ft.build_classifier, ft.finetune
@@ -214,6 +245,7 @@ def test_cli_run_and_resume(image_folder, tmp_path, monkeypatch, capsys):
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["epochs_completed"] == 1
 
 
+@once
 def test_pretrained_offline_is_an_error_not_a_silent_fallback(image_folder, tmp_path, monkeypatch, capsys):
     def unavailable(*a, **k):
         raise ft.PretrainedWeightsUnavailable("no network")
@@ -268,8 +300,10 @@ def test_data_parallel_matches_single_device(image_folder, tmp_path, straight_ru
     way, only the summation order differs. Measured differences: about 5e-6 (TensorFlow), 1e-7 (JAX)."""
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3",
                XLA_FLAGS=(os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip())
-    settings = {k: v for k, v in RUN.items() if k != "verbose"}
-    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(image_folder), json.dumps(dict(settings, verbose=0)),
+    # The subprocess compiles (run_eagerly=False): on JAX this is the compiled path, on TensorFlow the graph
+    # under MirroredStrategy; the single-device reference runs eagerly, which changes only rounding.
+    settings = {k: v for k, v in RUN.items() if k not in ("verbose", "run_eagerly")}
+    proc = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(image_folder), json.dumps(dict(settings, verbose=0, run_eagerly=False)),
                            str(JAX_CACHE), str(tmp_path)], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -288,6 +322,7 @@ def test_distribute_on_torch_is_refused(image_folder, tmp_path):
 
 # --- issue 15 -------------------------------------------------------------------------------------------
 
+@once
 def test_output_folder_with_user_files_is_refused(image_folder, tmp_path, capsys):
     out = tmp_path / "results"
     out.mkdir()
@@ -302,6 +337,7 @@ def test_output_folder_with_user_files_is_refused(image_folder, tmp_path, capsys
     assert {p.name: p.read_text() for p in out.iterdir()} == files          # nothing written or deleted
 
 
+@once
 def test_a_second_run_on_a_held_directory_is_refused(image_folder, tmp_path):
     import socket
     run = tmp_path / "run"
@@ -326,6 +362,7 @@ def test_per_epoch_val_accuracy_ignores_padding_rows():
     assert abs(logs["accuracy"] - 3 / 5) < 1e-6, logs
 
 
+@once
 def test_nan_validation_loss_is_named_as_such(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 48, 48, 3)).astype("float32")
@@ -337,6 +374,7 @@ def test_nan_validation_loss_is_named_as_such(tmp_path):
     assert e.value.key == "val_loss" and runs.read_state(tmp_path / "nan") is None
 
 
+@once
 def test_cli_messages_use_cli_syntax(image_folder, tmp_path, monkeypatch, capsys):
     def nan(*a, **k):
         raise ft.NonFiniteLoss(2, "loss", float("nan"), learning_rate=3e-4)
@@ -346,6 +384,7 @@ def test_cli_messages_use_cli_syntax(image_folder, tmp_path, monkeypatch, capsys
     assert "--precision float32" in err and "precision='float32'" not in err and "--lr" in err
 
 
+@once
 def test_corrupt_state_on_resume_names_the_file(image_folder, tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()

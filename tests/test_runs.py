@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import _training  # noqa: F401  (backend set-up shared by the training tests)
+import shutil
+
+from _training import once  # (also the backend set-up shared by the training tests)
 
 import keras
 
@@ -84,6 +86,19 @@ def _mini_run(run_dir, epochs=1, fail_copy_at=None, monkeypatch=None):
     return net
 
 
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    "One committed epoch, written once per module; tests damage copies of it."
+    run = tmp_path_factory.mktemp("mini") / "run"
+    _mini_run(run)
+    return run
+
+
+def _copy(run, tmp_path):
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
 def test_foreign_folder_is_refused_and_left_alone(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -113,6 +128,7 @@ with runs.run_directory(sys.argv[1], {"epochs": 1}):
 """
 
 
+@once
 def test_lock_refuses_a_second_run_and_recovers_a_stale_one(tmp_path):
     import subprocess
     import sys
@@ -145,7 +161,7 @@ def test_lock_from_another_host_is_never_taken(tmp_path):
 
 def test_best_last_and_checkpoint_are_independent_files(tmp_path):
     run = tmp_path / "run"
-    net = _mini_run(run)
+    net = _mini_run(run)                                     # (not a copy: copying breaks hard links)
     ckpt = run / runs.read_state(run)["checkpoint"]
     for p in (run / "best.keras", run / "last.keras", ckpt):
         assert p.stat().st_nlink == 1
@@ -158,6 +174,7 @@ def test_best_last_and_checkpoint_are_independent_files(tmp_path):
     assert net is not None
 
 
+@once
 def test_kill_between_commit_and_copies_is_repaired_on_resume(tmp_path, monkeypatch):
     "The commit (state.json) comes before last/best; resume makes them agree with the committed checkpoint."
     run = tmp_path / "run"
@@ -178,9 +195,9 @@ def test_kill_between_commit_and_copies_is_repaired_on_resume(tmp_path, monkeypa
     assert (run / "last.keras").read_bytes() == ckpt and (run / "best.keras").read_bytes() == ckpt
 
 
-def test_state_without_config_or_corrupt_is_a_clear_error(tmp_path):
-    run = tmp_path / "run"
-    _mini_run(run)
+@once
+def test_state_without_config_or_corrupt_is_a_clear_error(tmp_path, mini_run):
+    run = _copy(mini_run, tmp_path)
     good = (run / "state.json").read_text()
     (run / "state.json").write_text('{"epoch": 1, "checkpoint": "x"')
     with pytest.raises(ValueError, match=r"state\.json is damaged") as e:
@@ -195,9 +212,9 @@ def test_state_without_config_or_corrupt_is_a_clear_error(tmp_path):
     assert not (run / ".gcvit-nb.lock").exists()             # refused, and the lock released
 
 
-def test_truncated_checkpoint_on_resume_is_a_clear_error(tmp_path):
-    run = tmp_path / "run"
-    _mini_run(run)
+@once
+def test_truncated_checkpoint_on_resume_is_a_clear_error(tmp_path, mini_run):
+    run = _copy(mini_run, tmp_path)
     ckpt = run / runs.read_state(run)["checkpoint"]
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     with pytest.raises(ValueError, match="is damaged") as e:
