@@ -12,12 +12,13 @@ import shutil
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import keras
+
+from .backend import export_mode
 
 # %% ../nbs/14_deploy.ipynb #d7640ecc
 FORMATS = ("saved_model", "onnx", "litert", "openvino")
@@ -30,14 +31,13 @@ RUNTIMES = {"saved_model": "TensorFlow saved_model.load", "onnx": "ONNX Runtime 
 
 # format -> backends that export it (measured: ran in its runtime and matched Keras)
 EXPORTERS = {
-    "saved_model": ("tensorflow",),
+    "saved_model": ("tensorflow", "jax"),
     "onnx": ("tensorflow",),
     "litert": ("tensorflow",),
     "openvino": ("tensorflow", "torch"),
 }
 # why a (format, backend) pair is refused
 _GAPS = {
-    ("saved_model", "jax"): "TF 2.21 cannot load the StableHLO jax2tf writes for erf",
     ("saved_model", "torch"): "Keras' torch route fails in torch.export here",
     ("onnx", "jax"): "Keras needs the separate jax2onnx package for it",
     ("onnx", "torch"): "torch.onnx needs a fixed batch size for Keras models",
@@ -78,15 +78,6 @@ def check_supported(fmt: str, backend: str | None = None) -> str:
         f"export ... --format {fmt}`; the weights are the same on every backend.")
 
 # %% ../nbs/14_deploy.ipynb #fa294c83
-def _export_mode():
-    "The backend's `export_mode()` (plain keras.ops while tracing), where it exists."
-    try:
-        from gcvit_nb.backend import export_mode
-    except ImportError:
-        return nullcontext()
-    return export_mode()
-
-
 def replace_erfc(onnx_path) -> int:
     "Rewrite every ONNX `Erfc(z)` node as `1 - Erf(z)` in place; returns how many."
     import onnx
@@ -268,7 +259,7 @@ def write_artifact(model, path, fmt: str):
     "Trace `model` with a dynamic batch and write `fmt` to `path` (no checks)."
     fmt, path = check_supported(fmt), Path(path)
     spec = keras.InputSpec(shape=(None, *model.inputs[0].shape[1:]), dtype="float32")
-    with _export_mode():
+    with export_mode():   # plain keras.ops while tracing (Appendix A)
         model.export(str(path), format=_KERAS_NAME[fmt], verbose=False,
                      input_signature=[spec])
     if fmt == "onnx":
