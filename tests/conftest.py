@@ -84,7 +84,24 @@ def images(shape, seed=0):
     return np.random.default_rng(seed).standard_normal(shape).astype("float32")
 
 
+# Tests marked `one_backend` check logic that does not depend on the Keras backend (argument parsing and
+# fuzzing, file handling, the GPU runner's own bookkeeping). `make test` runs the suite once per backend;
+# these run in the first of those runs only, and the others report them as skipped with this reason.
+PRIMARY_BACKEND = "tensorflow"
+
+
+def pytest_collection_modifyitems(config, items):
+    import keras
+    if keras.backend.backend() == PRIMARY_BACKEND:
+        return
+    skip = pytest.mark.skip(reason=f"backend-independent: runs under KERAS_BACKEND={PRIMARY_BACKEND}")
+    for item in items:
+        if item.get_closest_marker("one_backend"):
+            item.add_marker(skip)
+
+
 def pytest_configure(config):
+    config.addinivalue_line("markers", "one_backend: backend-independent; run under one backend only")
     # Keras' TensorFlow backend converts tensors with np.array(x, copy=False) internally: NumPy 2 warns each time
     config.addinivalue_line("filterwarnings",
                             "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")

@@ -180,6 +180,7 @@ def _fake_child(job, python, workdir, timeout):
                 accelerators=[], spec=job.get("spec") or {}, tensors=1, params=1)
 
 
+@pytest.mark.one_backend
 def test_fuzz_bench_arguments(monkeypatch, capsys, tmp_path):
     """Seeded random `gcvit-nb bench` command lines (children faked): each ends in exit 0, 1 or 2 (or
     argparse's SystemExit 0/2), never in an exception or a traceback."""

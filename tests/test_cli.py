@@ -252,6 +252,7 @@ class _FakeModel:
         return np.random.default_rng(0).normal(size=(len(x), 1000))
 
 
+@pytest.mark.one_backend
 def test_fuzz_arguments(files, monkeypatch, capsys):
     """Random command lines from a vocabulary of good and bad tokens: every one ends in an exit status (0, 1
     or 2) or argparse's SystemExit(0/2), never in an exception. The model is a stand-in, to keep it fast."""

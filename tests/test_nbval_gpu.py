@@ -9,6 +9,7 @@ import pytest
 import nbval_gpu as nv   # tools/ is on sys.path (conftest)
 
 BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+pytestmark = pytest.mark.one_backend     # the runner's own logic; its kernels pick their backend themselves
 
 
 def notebook(path, *cells):
