@@ -3,7 +3,7 @@
 A tiny GCViT (depth 1 per stage) at 48×48 on a generated image folder. Compilation dominates the time, so:
 on JAX every run has the same shapes and step count, so XLA compiles each program once (persistent cache on
 for this process and the data-parallel subprocess; op-by-op eager JAX measured slower still); on TensorFlow
-the runs are eager except test_compiled_run_on_tensorflow and the data-parallel subprocess; torch is eager.
+the runs are eager except the data-parallel subprocess (the graph under MirroredStrategy); torch is eager.
 """
 import os
 import tempfile
