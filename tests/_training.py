@@ -24,9 +24,7 @@ TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), mlp_ratio
 # CI runs every test file on all three backends. Training goes through Keras on every backend only where the
 # backend matters (one run, its resume, data parallelism, the weighted metric); tests of backend-independent
 # logic (refusals, freezing, NaN handling, the CLI, old run directories, lock files) run on one backend only.
-ONCE_BACKEND = "torch"
-ONCE = BACKEND == ONCE_BACKEND
-once = pytest.mark.skipif(not ONCE, reason=f"backend-independent: runs on {ONCE_BACKEND} only")
+once = pytest.mark.one_backend     # backend-independent: conftest runs it under one backend only
 # The same shapes and graph everywhere (48 px, batch 6, 3 classes, no drop-path).
 RUN = dict(model=TINY, pretrained=False, image_size=48, window_size=(4, 4, 3, 2), batch_size=6,
            drop_path_rate=0.0, verbose=0, run_eagerly=BACKEND == "tensorflow")
