@@ -38,8 +38,9 @@ def _configure(app):
         return
     app.config.mathjax_path = f"mathjax/MathJax.js?config={CONFIG}"
     app.config.mathjax3_config = None      # a MathJax 3 configuration object would confuse MathJax 2
-    app.config.mathjax2_config = {"tex2jax": {"processEscapes": True}, "showMathMenu": False,
-                                  "messageStyle": "none"}
+    # the notebook pages are marked tex2jax_ignore; the math spans Sphinx writes carry class "math"
+    app.config.mathjax2_config = {"tex2jax": {"processEscapes": True, "processClass": "math|output_area"},
+                                  "showMathMenu": False, "messageStyle": "none"}
     app.env.gcvit_mathjax_root = str(root)
 
 
