@@ -6,12 +6,67 @@ do not import Keras until a model is asked for. Each name lives in the module of
 __version__ = "0.1.0"
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import json
+import os
+import sys
+
+
+def _configured_keras_backend() -> str:
+    "The backend Keras will pick: $KERAS_BACKEND, else keras.json, else TensorFlow."
+    if os.environ.get("KERAS_BACKEND"):
+        return os.environ["KERAS_BACKEND"]
+    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(home, "keras.json")) as f:
+            return json.load(f).get("backend", "tensorflow")
+    except (OSError, ValueError, AttributeError):
+        return "tensorflow"
+
+
+class _KerasWithoutJax(importlib.abc.MetaPathFinder):
+    """Keras 3 imports JAX from its Orbax callback whenever JAX is installed, whatever the
+    backend: about 140 MB and 1.5 s more for a torch or TensorFlow process. While Keras
+    itself is imported on those backends, `import jax` fails as if JAX were absent (which
+    Keras supports); afterwards JAX imports normally. Appendix A measures it."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "keras":
+            return None
+        sys.meta_path.remove(self)             # one use: only the first import of keras
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _WithoutJaxLoader(spec.loader)
+        return spec
+
+
+class _WithoutJaxLoader(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module):
+        blocked = "jax" not in sys.modules
+        if blocked:
+            sys.modules["jax"] = None
+        try:
+            self.loader.exec_module(module)
+        finally:
+            if blocked and sys.modules.get("jax", 0) is None:
+                del sys.modules["jax"]
+
+
+if "keras" not in sys.modules and _configured_keras_backend() in ("torch", "tensorflow"):
+    sys.meta_path.insert(0, _KerasWithoutJax())
 
 _PUBLIC = {
     # appendix A (00_backend): run profiles, device and precision probes, backend fast paths
     "active_profile": "backend", "runtime_summary": "backend", "Profile": "backend",
     "has_accelerator": "backend", "accelerator_names": "backend", "pick_precision": "backend",
-    "export_mode": "backend",
+    "export_mode": "backend", "Predictor": "backend",
     "Conv2d": "backend", "DepthwiseConv2d": "backend", "Linear": "backend", "LayerNorm": "backend",
     # chapters 01-04: the building blocks
     "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",

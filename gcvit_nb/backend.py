@@ -3,15 +3,18 @@
 # %% auto #0
 __all__ = ['PROFILES', 'LAYER_NORM_EPS', 'has_accelerator', 'detect_profile', 'Profile', 'active_profile', 'runtime_summary',
            'accelerator_names', 'driver_gpu_names', 'pick_precision', 'export_mode', 'exporting', 'register', 'pad_hw',
-           'conv2d_nhwc', 'Conv2d', 'DepthwiseConv2d', 'Linear', 'LayerNorm', 'layer_norm', 'max_pool_3x3_s2', 'gelu']
+           'conv2d_nhwc', 'Conv2d', 'DepthwiseConv2d', 'Linear', 'LayerNorm', 'layer_norm', 'max_pool_3x3_s2', 'gelu',
+           'Predictor']
 
 # %% ../nbs/00_backend.ipynb #32ed911e
 import contextlib
 import os
 import subprocess
+import warnings
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 # %% ../nbs/00_backend.ipynb #5936ccdc
@@ -328,3 +331,68 @@ def gelu(x):
     if keras.backend.backend() == "jax" or _fast("torch"):   # JAX: erfc; torch: fused
         return ops.gelu(x, approximate=False)
     return 0.5 * x * (1.0 + ops.erf(x * _SQRT_HALF))
+
+# %% ../nbs/00_backend.ipynb #abd3c4e3
+class Predictor:
+    """Inference without Keras' predict loop: NumPy images in, NumPy float32 logits out,
+    through one compiled forward pass per input shape (none is ever retraced).
+
+    - torch: a frozen TorchScript trace of the model (no Python per layer); it holds
+      a snapshot of the weights, so call `refresh()` after changing them;
+    - JAX: `jax.jit` over `model.stateless_call`, fed the current weights;
+    - TensorFlow: a `tf.function` whose batch axis is left open.
+    Inside `export_mode()` nothing is compiled: the plain Keras call runs."""
+
+    def __init__(self, model):
+        self.model, self.backend = model, keras.backend.backend()
+        self._compiled = {}
+
+    def refresh(self):
+        "Forget the compiled functions (torch: re-trace with the current weights)."
+        self._compiled.clear()
+
+    def __call__(self, images) -> np.ndarray:
+        x = np.ascontiguousarray(images, dtype="float32")
+        if x.ndim != 4:
+            raise ValueError(f"Predictor takes a batch (B, H, W, C) of images, got "
+                             f"shape {x.shape}; add a batch axis with x[None].")
+        if exporting():
+            return _numpy(self.model(x, training=False))
+        key = x.shape if self.backend == "torch" else x.shape[1:]
+        if key not in self._compiled:
+            self._compiled[key] = getattr(self, f"_compile_{self.backend}")(x)
+        return self._compiled[key](x)
+
+    def _compile_torch(self, x):
+        import torch
+        sample = ops.convert_to_tensor(x)     # on Keras' device
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")              # TracerWarnings on shape checks
+            traced = torch.jit.trace(self.model, (sample,), check_trace=False)
+            frozen = torch.jit.freeze(traced.eval())
+        def run(images):
+            with torch.inference_mode():
+                return _numpy(frozen(ops.convert_to_tensor(images)))
+        return run
+
+    def _compile_jax(self, x):
+        import jax
+        model = self.model
+        forward = jax.jit(lambda trainable, other, images: model.stateless_call(
+            trainable, other, images, training=False)[0])
+        def run(images):
+            trainable = [v.value for v in model.trainable_variables]
+            other = [v.value for v in model.non_trainable_variables]
+            return _numpy(forward(trainable, other, images))
+        return run
+
+    def _compile_tensorflow(self, x):
+        import tensorflow as tf
+        spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+        forward = tf.function(lambda t: self.model(t, training=False),
+                              input_signature=[spec])
+        return lambda images: _numpy(forward(images))
+
+def _numpy(logits) -> np.ndarray:
+    return np.asarray(ops.convert_to_numpy(logits), dtype="float32")
+

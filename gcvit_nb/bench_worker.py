@@ -25,17 +25,20 @@ SMOKE_MODELS = {"gcvit_smoke": dict(embed_dim=16, depths=(2, 2, 2, 2), mlp_ratio
 # How each side runs a forward pass ("infer") or a training step ("train"); the first
 # path of each list is the standard one we found fastest on a CPU.
 PATHS = {
-    "tensorflow": {"infer": ("tf_function", "predict_on_batch", "tf_function_xla"),
+    "tensorflow": {"infer": ("predictor", "tf_function", "predict_on_batch",
+                             "tf_function_xla"),
                    "train": ("train_on_batch", "train_on_batch_xla")},
-    "jax": {"infer": ("predict_on_batch", "jit_stateless_call"),
+    "jax": {"infer": ("predictor", "predict_on_batch", "jit_stateless_call"),
             "train": ("train_on_batch",)},
-    "torch": {"infer": ("inference_mode", "predict_on_batch"),
+    "torch": {"infer": ("predictor", "inference_mode", "predict_on_batch"),
               "train": ("train_on_batch",)},
     "timm": {"infer": ("inference_mode",), "train": ("eager",)},
 }
 # Measured only when named: minutes of compilation on a CPU.
 OPT_IN_PATHS = {side: {"infer": ("torch_compile",)} for side in ("torch", "timm")}
 PATH_NOTES = {
+    "predictor": "gcvit_nb.backend.Predictor: TorchScript (frozen trace) on torch, "
+                 "jax.jit on JAX, tf.function on TensorFlow; what predict uses",
     "tf_function": "model(x) inside tf.function(jit_compile=False): a graph, no XLA",
     "tf_function_xla": "model(x) inside tf.function(jit_compile=True): compiled by XLA",
     "predict_on_batch": "Keras model.predict_on_batch (the backend's own predict step)",
@@ -180,6 +183,10 @@ def _keras_infer_fn(model, path: str, x):
     backend = keras.backend.backend()
     if path == "predict_on_batch":
         return lambda: model.predict_on_batch(x)
+    if path == "predictor":
+        from gcvit_nb.backend import Predictor
+        predictor = Predictor(model)
+        return lambda: predictor(x)
     if backend == "tensorflow" and path in ("tf_function", "tf_function_xla"):
         import tensorflow as tf
         xla = path == "tf_function_xla"

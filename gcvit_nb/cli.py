@@ -132,6 +132,7 @@ def predict(args) -> int:
         return _fail(f"weights file not found: {args.weights}", 2)
     from gcvit_nb.checkpoints import (describe_checkpoint, read_checkpoint,
                                       to_timm_layout)
+    from gcvit_nb.backend import Predictor
     from gcvit_nb.pretrained import create_model, decode_predictions, preprocess_image
     if args.weights and not args.weights.endswith(".h5"):
         state = to_timm_layout(read_checkpoint(args.weights))
@@ -140,6 +141,7 @@ def predict(args) -> int:
             return _fail(f"{args.weights} has {classes} output classes; predict needs "
                          "ImageNet-1k (1000-class) weights")
     model = create_model(args.model, pretrained=args.weights or True)
+    predictor = Predictor(model)        # one compiled forward pass, no predict loop
     size = model.gcvit_config["input_shape"][0]
     failed = []
     for path in paths:
@@ -151,7 +153,7 @@ def predict(args) -> int:
             _fail(f"skipped {path}: {e}")
             continue
         print(path)
-        top = decode_predictions(model.predict(x, verbose=0), top=args.top)[0]
+        top = decode_predictions(predictor(x), top=args.top)[0]
         for rank, (synset, name, p) in enumerate(top, 1):
             print(f"  {rank}. {name:24s} {p:.4f}  ({synset})")
     if failed:

@@ -456,3 +456,61 @@ def test_unit_blocks_still_reexport_basic_layers():
     from gcvit_nb import unit_blocks
     for name in ("Linear", "layer_norm", "register"):
         assert getattr(unit_blocks, name) is getattr(backend, name)
+
+
+# --- Predictor: compiled inference without the predict loop --------------------------------------
+def _tiny_model(side=32, classes=5):
+    from gcvit_nb.model import GCViT
+    return GCViT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), input_shape=(side, side, 3),
+                 num_classes=classes, name="tiny")
+
+
+def test_predictor_matches_the_model_and_compiles_once_per_shape():
+    import numpy as np
+    from keras import ops
+    model, rng = _tiny_model(), np.random.default_rng(3)
+    predictor = backend.Predictor(model)
+    for batch in (3, 1, 3):
+        x = rng.uniform(0, 1, size=(batch, 32, 32, 3)).astype("float32")
+        got = predictor(x)
+        assert got.dtype == np.float32 and got.shape == (batch, 5)
+        np.testing.assert_allclose(got, ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
+    # torch traces per full shape, JAX/TF per image shape (batch left open on TF, jit cache on JAX)
+    assert len(predictor._compiled) == (2 if predictor.backend == "torch" else 1)
+    with backend.export_mode():            # exporters see the plain call: nothing new is compiled
+        predictor(rng.uniform(0, 1, size=(2, 32, 32, 3)).astype("float32"))
+    assert len(predictor._compiled) == (2 if predictor.backend == "torch" else 1)
+
+
+def test_predictor_refresh_sees_new_weights():
+    import numpy as np
+    model = _tiny_model()
+    x = np.random.default_rng(4).uniform(0, 1, size=(2, 32, 32, 3)).astype("float32")
+    predictor = backend.Predictor(model)
+    before = predictor(x)
+    bias = model.get_layer("head_fc").bias
+    bias.assign(bias.numpy() + 1.0)                  # the classifier's bias: every logit moves by 1
+    predictor.refresh()
+    np.testing.assert_allclose(predictor(x), before + 1.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 3), (1, 2, 32, 32, 3)])
+def test_predictor_rejects_non_batches(shape):
+    import numpy as np
+    with pytest.raises(ValueError, match=r"batch \(B, H, W, C\)"):
+        backend.Predictor(_tiny_model())(np.zeros(shape, "float32"))
+
+
+def test_importing_the_package_first_keeps_jax_out_of_a_torch_process():
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+    code = "import sys, gcvit_nb, keras; print(keras.backend.backend(), 'jax' in sys.modules)"
+    env = {**os.environ, "KERAS_BACKEND": "torch"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-2:] == ["torch", "False"]
+    if importlib.util.find_spec("jax"):             # and JAX still imports afterwards
+        code2 = "import gcvit_nb, keras, jax; print(jax.numpy.ones(2).sum())"
+        out = subprocess.run([sys.executable, "-c", code2], env=env, capture_output=True, text=True, check=True)
+        assert out.stdout.split()[-1] == "2.0"

@@ -169,8 +169,7 @@ def test_predict_real_photos_and_bad_files(files, capsys):
 
 def test_missing_and_unreadable_files_are_skipped(files, tmp_path, monkeypatch, capsys):
     "A missing file, a dangling link and (when not root) an unreadable file: each reported, the rest classified."
-    import gcvit_nb.pretrained as pretrained
-    monkeypatch.setattr(pretrained, "create_model", lambda *a, **k: _FakeModel())
+    _use_fake_model(monkeypatch)
     (tmp_path / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
     bad = [str(tmp_path / "missing.jpg"), str(tmp_path / "dangling.jpg")]
     if os.geteuid() != 0:
@@ -252,12 +251,19 @@ class _FakeModel:
         return np.random.default_rng(0).normal(size=(len(x), 1000))
 
 
+def _use_fake_model(monkeypatch):
+    "predict gets _FakeModel, run as it is (not compiled by backend.Predictor)."
+    import gcvit_nb.backend as backend
+    import gcvit_nb.pretrained as pretrained
+    monkeypatch.setattr(pretrained, "create_model", lambda *a, **k: _FakeModel())
+    monkeypatch.setattr(backend, "Predictor", lambda model: model.predict)
+
+
 @pytest.mark.one_backend
 def test_fuzz_arguments(files, monkeypatch, capsys):
     """Random command lines from a vocabulary of good and bad tokens: every one ends in an exit status (0, 1
     or 2) or argparse's SystemExit(0/2), never in an exception. The model is a stand-in, to keep it fast."""
-    import gcvit_nb.pretrained as pretrained
-    monkeypatch.setattr(pretrained, "create_model", lambda *a, **k: _FakeModel())
+    _use_fake_model(monkeypatch)
     monkeypatch.setitem(cli.DELEGATED, "bench", ("gcvit_nb.cli", "_fail"))    # no benchmark runs here
     vocab = ["predict", "convert", "info", "bench", "--top", "--model", "--weights", "0", "-3", "5", "1e9",
              "gcvit_xxtiny", "gcvit_tiny", "nonsense", "", "-", "--", "--help", str(files / "chelsea.jpg"),
