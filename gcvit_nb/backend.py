@@ -4,7 +4,7 @@
 __all__ = ['PROFILES', 'LAYER_NORM_EPS', 'has_accelerator', 'detect_profile', 'Profile', 'active_profile', 'runtime_summary',
            'accelerator_names', 'driver_gpu_names', 'pick_precision', 'export_mode', 'exporting', 'register', 'pad_hw',
            'conv2d_nhwc', 'Conv2d', 'DepthwiseConv2d', 'Linear', 'LayerNorm', 'layer_norm', 'max_pool_3x3_s2', 'gelu',
-           'Predictor']
+           'Predictor', 'use_jax_compilation_cache']
 
 # %% ../nbs/00_backend.ipynb #32ed911e
 import contextlib
@@ -395,4 +395,26 @@ class Predictor:
 
 def _numpy(logits) -> np.ndarray:
     return np.asarray(ops.convert_to_numpy(logits), dtype="float32")
+
+
+# %% ../nbs/00_backend.ipynb #5305ab8d
+def use_jax_compilation_cache(path=None):
+    """Keep JAX's compiled programs on disk, so that a new process skips XLA compilation
+    for a model and input shape compiled before. The folder is `path`, else
+    `$GCVIT_JAX_CACHE`, else `~/.cache/gcvit-nb/jax`; `GCVIT_JAX_CACHE=off` disables it.
+    Returns the folder, or None (another backend, or disabled)."""
+    setting = str(path or os.environ.get("GCVIT_JAX_CACHE", "")).strip()
+    if keras.backend.backend() != "jax" or (setting and not _on(setting)):
+        return None
+    cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    folder = setting or os.path.join(cache_home, "gcvit-nb", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"Cannot create the JAX compilation cache {folder}: {e}. Set "
+                      "GCVIT_JAX_CACHE to a writable folder, or to 'off'.") from e
+    import jax
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    return folder
 

@@ -132,7 +132,7 @@ def predict(args) -> int:
         return _fail(f"weights file not found: {args.weights}", 2)
     from gcvit_nb.checkpoints import (describe_checkpoint, read_checkpoint,
                                       to_timm_layout)
-    from gcvit_nb.backend import Predictor
+    from gcvit_nb.backend import Predictor, use_jax_compilation_cache
     from gcvit_nb.pretrained import create_model, decode_predictions, preprocess_image
     if args.weights and not args.weights.endswith(".h5"):
         state = to_timm_layout(read_checkpoint(args.weights))
@@ -140,6 +140,7 @@ def predict(args) -> int:
         if classes != 1000:
             return _fail(f"{args.weights} has {classes} output classes; predict needs "
                          "ImageNet-1k (1000-class) weights")
+    use_jax_compilation_cache()          # JAX: a second run skips XLA compilation
     model = create_model(args.model, pretrained=args.weights or True)
     predictor = Predictor(model)        # one compiled forward pass, no predict loop
     size = model.gcvit_config["input_shape"][0]

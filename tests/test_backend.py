@@ -514,3 +514,24 @@ def test_importing_the_package_first_keeps_jax_out_of_a_torch_process():
         code2 = "import gcvit_nb, keras, jax; print(jax.numpy.ones(2).sum())"
         out = subprocess.run([sys.executable, "-c", code2], env=env, capture_output=True, text=True, check=True)
         assert out.stdout.split()[-1] == "2.0"
+
+
+def test_jax_compilation_cache_switch(tmp_path, monkeypatch):
+    import keras
+    monkeypatch.setenv("GCVIT_JAX_CACHE", "off")
+    assert backend.use_jax_compilation_cache() is None
+    monkeypatch.delenv("GCVIT_JAX_CACHE")
+    folder = tmp_path / "jax-cache"
+    if keras.backend.backend() != "jax":
+        assert backend.use_jax_compilation_cache(folder) is None and not folder.exists()
+        return
+    import jax
+    previous = jax.config.jax_compilation_cache_dir
+    try:
+        assert backend.use_jax_compilation_cache(folder) == str(folder) and folder.is_dir()
+        assert jax.config.jax_compilation_cache_dir == str(folder)
+        (tmp_path / "a-file").write_text("x")
+        with pytest.raises(OSError, match="GCVIT_JAX_CACHE"):
+            backend.use_jax_compilation_cache(tmp_path / "a-file" / "cache")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
