@@ -2,73 +2,52 @@
 
 # %% auto #0
 __all__ = ['machine_info', 'machine_label', 'ReferenceUnavailable', 'find_reference_python', 'check_reference', 'run_benchmark',
-           'summarize_runs', 'format_results', 'bench_cli']
+           'summarize_runs', 'format_results', 'run_sweep', 'format_sweep', 'plot_sweep', 'bench_cli']
 
-# %% ../nbs/16_benchmark.ipynb #c1062800
-import argparse
-import importlib.util
-import json
-import os
-import platform
-import shutil
-import subprocess
-import sys
-import tempfile
-import time
+# %% ../nbs/16_benchmark.ipynb #9261f168
+import argparse, importlib.util, json, os, platform, re, shutil, subprocess, sys
+import itertools, tempfile, time
 from importlib import metadata
 from pathlib import Path
 
 import numpy as np
-
 from . import bench_worker
 from .bench_worker import (BACKENDS, MODES, OPT_IN_PATHS, OPTIMIZER, PATH_NOTES,
-                                   PATHS, SMOKE_MODELS, _THREAD_VARS, _cpu_jiffies,
-                                   model_spec)
+                                   PATHS, SMOKE_MODELS, _THREAD_VARS, model_spec)
 
-# %% ../nbs/16_benchmark.ipynb #9261f168
-def _dist_version(dist: str):
+def _or_none(f, *args):          # f(*args), or None where the platform lacks it
     try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
+        return f(*args)
+    except (AttributeError, ImportError, OSError, ValueError):   # PackageNotFound too
         return None
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 def machine_info(threads=None) -> dict:
     "What the numbers are measured on: CPU, CPUs usable, memory, OS, versions, load."
-    affinity = getattr(os, "sched_getaffinity", None)
-    usable = len(affinity(0)) if affinity else os.cpu_count()
-    try:
-        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
-    except (AttributeError, ValueError, OSError):
-        mem = None
+    usable = _or_none(lambda: len(os.sched_getaffinity(0))) or os.cpu_count()
+    mem = _or_none(lambda: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    cpu = re.search(r"^model name\s*:(.*)$", _or_none(Path("/proc/cpuinfo").read_text)
+                    or "", re.M | re.I)
+    cpu = cpu[1].strip() if cpu else platform.processor() or platform.machine()
     dists = ("gcvit-nb", "keras", "tensorflow", "jax", "jaxlib", "torch", "numpy")
-    return dict(cpu=_cpu_model(), logical_cpus=os.cpu_count(), usable_cpus=usable,
-                threads=threads, memory_gb=mem and round(mem, 1), gpus=[],
-                accelerator="none (CPU only)",
-                os=platform.platform(), python=platform.python_version(),
-                versions={d: _dist_version(d) for d in dists},
+    return dict(cpu=cpu, logical_cpus=os.cpu_count(), usable_cpus=usable,
+                threads=threads, memory_gb=mem and round(mem / 1024**3, 1), gpus=[],
+                accelerator="none (CPU only)", os=platform.platform(),
+                python=platform.python_version(),
+                versions={d: _or_none(metadata.version, d) for d in dists},
                 load_avg_start=list(os.getloadavg()))
 
 def machine_label(info: dict) -> str:
     "One line naming the machine, for table captions and chart titles."
-    gpu = info.get("accelerator") or ""
-    if not gpu or gpu.startswith("none"):
-        gpu = f"CPU: {info.get('cpu', '?')}"
+    gpu = info.get("accelerator") or "none"
+    gpu = f"CPU: {info.get('cpu', '?')}" if gpu.startswith("none") else gpu
     cpus = info.get("usable_cpus")
     return f"{gpu}, {info.get('threads')} threads ({cpus} CPUs usable)"
 
 # %% ../nbs/16_benchmark.ipynb #4d368291
 class ReferenceUnavailable(RuntimeError):
     "The timm reference cannot run: no interpreter named, or it lacks torch/timm."
+    def __init__(self, what: str):
+        super().__init__(what + " " + _HOW)       # every message says what to do
 
 _HOW = ("Name a Python that has torch and timm >= 1.0.31 with --reference-python PATH "
         "(or GCVIT_REFERENCE_PYTHON=PATH; tools/setup_reference_env.sh makes one), or "
@@ -80,16 +59,14 @@ _LOAD_WORKER = ("import importlib.util as u, sys; "
 
 def find_reference_python(explicit=None) -> str:
     "`explicit`, else $GCVIT_REFERENCE_PYTHON, else this Python if it has timm."
-    named = explicit or os.environ.get("GCVIT_REFERENCE_PYTHON")
-    if not named:
+    if not (named := explicit or os.environ.get("GCVIT_REFERENCE_PYTHON")):
         if importlib.util.find_spec("timm") is None:
             raise ReferenceUnavailable("No reference Python named, and this one has "
-                                       "no timm. " + _HOW)
+                                       "no timm.")
         return sys.executable
     path = shutil.which(named) or named
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise ReferenceUnavailable(f"The reference Python {named!r} is not a program. "
-                                   + _HOW)
+        raise ReferenceUnavailable(f"The reference Python {named!r} is not a program.")
     return path
 
 def check_reference(python: str, timeout: float = 300) -> dict:
@@ -100,12 +77,10 @@ def check_reference(python: str, timeout: float = 300) -> dict:
                               capture_output=True, timeout=timeout,
                               env=_child_env("timm", 1))
     except (OSError, subprocess.TimeoutExpired) as e:
-        raise ReferenceUnavailable(f"The reference Python {python} did not run: {e}. "
-                                   + _HOW)
+        raise ReferenceUnavailable(f"The reference Python {python} did not run: {e}.")
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["(no message)"])[-1]
-        raise ReferenceUnavailable(f"{python} cannot run the timm reference: {last}. "
-                                   + _HOW)
+        raise ReferenceUnavailable(f"{python} cannot run the timm reference: {last}.")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 # %% ../nbs/16_benchmark.ipynb #5e6f7a8b
@@ -114,12 +89,10 @@ def _child_env(side, threads: int) -> dict:
     if side != "timm":          # the copy of gcvit_nb this process runs
         here = str(Path(bench_worker.__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [here, env.get("PYTHONPATH")]))
-    env.update({var: str(threads) for var in _THREAD_VARS})
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", TF_FORCE_GPU_ALLOW_GROWTH="true",
-               XLA_PYTHON_CLIENT_PREALLOCATE="false", PYTHONWARNINGS="ignore")
-    if side in BACKENDS:
-        env["KERAS_BACKEND"] = side
-    return env
+    env.update({var: str(threads) for var in _THREAD_VARS}, TF_CPP_MIN_LOG_LEVEL="3",
+               TF_FORCE_GPU_ALLOW_GROWTH="true", XLA_PYTHON_CLIENT_PREALLOCATE="false",
+               PYTHONWARNINGS="ignore")
+    return env | ({"KERAS_BACKEND": side} if side in BACKENDS else {})
 
 _KERAS_CHILD = "import sys; from gcvit_nb.bench_worker import worker_main as w; "
 _RUN = "sys.exit(w(sys.argv[-1]))"
@@ -128,13 +101,10 @@ def _run_child(job: dict, python: str, workdir: Path, timeout: float) -> dict:
     "Run one job in a fresh `python`: its result (`ok=False` and the error on failure)."
     name = "_".join(str(job[k]) for k in ("kind", "side", "mode", "path") if job.get(k))
     job = {**job, "result": str(workdir / f"{name}.result.json")}
-    job_path = workdir / f"{name}.job.json"
-    job_path.write_text(json.dumps(job))
-    if job["kind"] == "timm":
-        cmd = [python, "-c", _LOAD_WORKER + "w = m.worker_main; " + _RUN,
-               bench_worker.__file__]
-    else:
-        cmd = [python, "-c", _KERAS_CHILD + _RUN]
+    (job_path := workdir / f"{name}.job.json").write_text(json.dumps(job))
+    cmd = ([python, "-c", _LOAD_WORKER + "w = m.worker_main; " + _RUN,
+            bench_worker.__file__] if job["kind"] == "timm"
+           else [python, "-c", _KERAS_CHILD + _RUN])
     load, t0 = list(os.getloadavg()), time.perf_counter()
     try:
         proc = subprocess.run([*cmd, str(job_path)], capture_output=True, text=True,
@@ -143,23 +113,24 @@ def _run_child(job: dict, python: str, workdir: Path, timeout: float) -> dict:
     except subprocess.TimeoutExpired:
         return dict(ok=False, error=f"timed out after {timeout:.0f} s",
                     load_avg_start=load)
-    wall = time.perf_counter() - t0
-    result_file = Path(job["result"])
+    wall, result_file = time.perf_counter() - t0, Path(job["result"])
     result = (json.loads(result_file.read_text()) if result_file.exists()
               else dict(ok=False, error=f"exit code {proc.returncode}"))
     if not result.get("ok"):
         result["output_tail"] = (proc.stdout + proc.stderr)[-3000:]
     return {**result, "process_s": wall, "load_avg_start": load}
 
-# %% ../nbs/16_benchmark.ipynb #09738278
 def _paths_for(side: str, mode: str, paths) -> list:
     known = PATHS[side][mode]
-    if paths == "all":
-        return list(known)
-    if paths == "best":
-        return [known[0]]
+    if paths in ("all", "best"):
+        return list(known) if paths == "all" else [known[0]]
     chosen = [p for p in paths if p in known + OPT_IN_PATHS.get(side, {}).get(mode, ())]
     return chosen or [known[0]]         # no named path of this side: its standard one
+
+def _check_counts(counts: dict):
+    for name, (value, low) in counts.items():
+        if not isinstance(value, (int, float)) or not value >= low:      # NaN too
+            raise ValueError(f"{name} must be a number >= {low}, got {value!r}.")
 
 def _check_options(model, size, backends, reference, mode, precision, paths, counts):
     for name, value, allowed in (("mode", mode, (*MODES, "both")),
@@ -169,13 +140,10 @@ def _check_options(model, size, backends, reference, mode, precision, paths, cou
             raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
     if not backends or any(b not in BACKENDS for b in backends):
         raise ValueError(f"Unknown backends {backends}; choose from {BACKENDS}.")
-    missing = [b for b in backends if importlib.util.find_spec(b) is None]
-    if missing:
+    if missing := [b for b in backends if importlib.util.find_spec(b) is None]:
         raise ValueError(f"Backend {', '.join(missing)} is not installed in this "
                          "Python; install it or leave it out of --backends.")
-    for name, (value, low) in counts.items():
-        if not isinstance(value, (int, float)) or not value >= low:      # NaN too
-            raise ValueError(f"{name} must be a number >= {low}, got {value!r}.")
+    _check_counts(counts)
     names = {p for table in (PATHS, OPT_IN_PATHS) for side in table.values()
              for names in side.values() for p in names}
     if paths not in ("all", "best") and (isinstance(paths, str) or not paths
@@ -186,39 +154,6 @@ def _check_options(model, size, backends, reference, mode, precision, paths, cou
         raise ValueError(f"image_size must be at least 16 pixels, got {size}.")
     model_spec(model)       # an unknown model name fails here, before any child runs
 
-def _one_round(rnd, rounds, modes, reference, backends, paths, base, workdir,
-               ref_python, timeout, log):
-    anchor, runs = None, []
-    for m in modes:
-        for side in ([reference] if reference else []) + backends:
-            for path in _paths_for(side, m, paths):
-                logits = workdir / f"logits_{side}_{path}.npy" if m == "infer" else None
-                job = dict(base, kind="timm" if side == "timm" else "keras", side=side,
-                           mode=m, path=path, logits_out=logits and str(logits))
-                tag = f"round {rnd + 1}/{rounds} " if rounds > 1 else ""
-                log(f"[bench] {tag}{side:10s} {m:5s} {path:20s} "
-                    f"(load {os.getloadavg()[0]:.2f}) …")
-                python = ref_python if side == "timm" else sys.executable
-                res = _run_child(job, python, workdir, timeout)
-                res.update(side=side, mode=m, path=path, round=rnd)
-                if res.get("ok") and logits is not None and logits.exists():
-                    # every side against the reference's logits (else the first run's)
-                    anchor = anchor or (logits if side == (reference or side) else None)
-                    diff = np.load(logits).astype("float64") - np.load(anchor)
-                    res["logits_max_abs_diff"] = float(np.abs(diff).max())
-                    res["logits_compared_with"] = anchor.stem.replace("logits_", "")
-                runs.append(res)
-                if res.get("ok"):
-                    others = 100 * (res.get("other_cpu_share_timed") or 0)
-                    log(f"[bench]   median {res['median_s']:.4f} s "
-                        f"({res['images_per_s']:.1f} img/s), first call "
-                        f"{res['first_call_s']:.2f} s, peak RSS "
-                        f"{res['peak_rss_mb']:.0f} MB, others {others:.0f}% of the CPU")
-                else:
-                    log(f"[bench]   FAILED: {res.get('error')}")
-    return runs
-
-# %% ../nbs/16_benchmark.ipynb #0a1b2c3d
 def run_benchmark(model: str = "gcvit_xxtiny", image_size=224, batch_size: int = 8,
                   backends=BACKENDS, reference="timm", mode: str = "both",
                   threads: int = 2, repeats: int = 10, warmup: int = 2, paths="all",
@@ -250,6 +185,31 @@ def run_benchmark(model: str = "gcvit_xxtiny", image_size=224, batch_size: int =
     base = dict(model=model, image_size=size, batch_size=batch_size, threads=threads,
                 repeats=repeats, warmup=warmup, seed=seed, num_classes=1000,
                 precision=precision, spec=SMOKE_MODELS.get(model))
+    def one_round(rnd):          # every side, mode and path once, in a child each
+        anchor, runs, tag = None, [], f"round {rnd + 1}/{rounds} " if rounds > 1 else ""
+        sides = ([reference] if reference else []) + backends
+        for m, side, path in [(m, s, p) for m in modes for s in sides
+                              for p in _paths_for(s, m, paths)]:
+            logits = workdir / f"logits_{side}_{path}.npy" if m == "infer" else None
+            job = dict(base, kind="timm" if side == "timm" else "keras", side=side,
+                       mode=m, path=path, logits_out=logits and str(logits))
+            log(f"[bench] {tag}{side:10s} {m:5s} {path:20s} "
+                f"(load {os.getloadavg()[0]:.2f}) …")
+            python = ref_python if side == "timm" else sys.executable
+            res = _run_child(job, python, workdir, timeout)
+            res.update(side=side, mode=m, path=path, round=rnd)
+            if res.get("ok") and logits is not None and logits.exists():
+                anchor = anchor or (logits if side == (reference or side) else None)
+                diff = np.load(logits).astype("float64") - np.load(anchor)
+                res["logits_max_abs_diff"] = float(np.abs(diff).max())
+                res["logits_compared_with"] = anchor.stem.replace("logits_", "")
+            runs.append(res)
+            others = 100 * (res.get("other_cpu_share_timed") or 0)
+            log(f"[bench]   median {res['median_s']:.4f} s ({res['images_per_s']:.1f} "
+                f"img/s), first call {res['first_call_s']:.2f} s, peak RSS "
+                f"{res['peak_rss_mb']:.0f} MB, others {others:.0f}% of the CPU"
+                if res.get("ok") else f"[bench]   FAILED: {res.get('error')}")
+        return runs
     workdir = Path(tempfile.mkdtemp(prefix="gcvit-bench-"))
     try:
         if reference or len(backends) > 1:
@@ -264,56 +224,42 @@ def run_benchmark(model: str = "gcvit_xxtiny", image_size=224, batch_size: int =
             config.update(spec=res["spec"], weights=dict(
                 source="Keras initialisers after keras.utils.set_random_seed(seed)",
                 tensors=res["tensors"], params=res["params"]))
-        all_runs = []
-        for rnd in range(rounds):
-            all_runs += _one_round(rnd, rounds, modes, reference, backends, paths, base,
-                                   workdir, ref_python, timeout, log)
+        all_runs = [r for rnd in range(rounds) for r in one_round(rnd)]
         out["runs"] = _fastest_round(all_runs)
-        if rounds > 1:
-            out["all_rounds"] = all_runs
+        out.update({"all_rounds": all_runs} if rounds > 1 else {})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-    seen = [r["accelerators"] for r in all_runs if r.get("accelerators")]
-    if seen:
+    if seen := [r["accelerators"] for r in all_runs if r.get("accelerators")]:
         out["machine"].update(gpus=seen[0], accelerator=seen[0][0])
     out["machine"]["load_avg_end"] = list(os.getloadavg())
     out["summary"] = summarize_runs(out["runs"], reference)
     return out
 
 def _fastest_round(runs) -> list:
-    """Of repeated rounds, keep for each (side, mode, path) the successful run with the
-    lowest median: other programs can only slow a run down."""
-    best = {}
+    "Per (side, mode, path), the fastest successful round: others only slow runs down."
+    groups = {}
     for r in runs:
-        key = (r["side"], r["mode"], r["path"])
-        cur = best.get(key)
-        if cur is None or (r.get("ok") and not cur.get("ok")) or (
-                r.get("ok") and r["median_s"] < cur["median_s"]):
-            best[key] = r
-    return list(best.values())
-
-_SUMMARY_KEYS = ("path", "median_s", "iqr_s", "min_s", "max_s", "images_per_s",
-                 "first_call_s", "compile_s", "peak_rss_mb", "device_peak_mb",
-                 "logits_max_abs_diff", "other_cpu_share", "other_cpu_share_timed")
+        groups.setdefault((r["side"], r["mode"], r["path"]), []).append(r)
+    return [min(g, key=lambda r: (not r.get("ok"), r["median_s"] if r.get("ok") else 0))
+            for g in groups.values()]
 
 def summarize_runs(runs, reference=None) -> dict:
     "{side: {mode: figures of its fastest path}}, with ratios to the reference's."
+    keys = ("path", "median_s", "iqr_s", "min_s", "max_s", "images_per_s",
+            "first_call_s", "compile_s", "peak_rss_mb", "device_peak_mb",
+            "logits_max_abs_diff", "other_cpu_share", "other_cpu_share_timed")
     summary = {}
-    for r in runs:
-        if not r.get("ok"):
-            continue
+    for r in (r for r in runs if r.get("ok")):
         cur = summary.setdefault(r["side"], {}).get(r["mode"])
         if cur is None or r["images_per_s"] > cur["images_per_s"]:
-            summary[r["side"]][r["mode"]] = {k: r.get(k) for k in _SUMMARY_KEYS}
+            summary[r["side"]][r["mode"]] = {k: r.get(k) for k in keys}
     ref = summary.get(reference, {}) if reference else {}
-    for side, modes in summary.items():
-        for m, s in modes.items():
-            if m in ref and side != reference:
-                s["speed_vs_reference"] = s["images_per_s"] / ref[m]["images_per_s"]
-                s["memory_vs_reference"] = s["peak_rss_mb"] / ref[m]["peak_rss_mb"]
-                if s.get("device_peak_mb") and ref[m].get("device_peak_mb"):
-                    s["device_memory_vs_reference"] = (s["device_peak_mb"]
-                                                       / ref[m]["device_peak_mb"])
+    for m, s in [(m, s) for side, modes in summary.items() if side != reference
+                 for m, s in modes.items() if m in ref]:
+        s["speed_vs_reference"] = s["images_per_s"] / ref[m]["images_per_s"]
+        s["memory_vs_reference"] = s["peak_rss_mb"] / ref[m]["peak_rss_mb"]
+        if (dev := s.get("device_peak_mb")) and ref[m].get("device_peak_mb"):
+            s["device_memory_vs_reference"] = dev / ref[m]["device_peak_mb"]
     return summary
 
 # %% ../nbs/16_benchmark.ipynb #8b143453
@@ -328,9 +274,8 @@ def format_results(results: dict) -> str:
     head = (f"{c['model']} {h}x{w}, batch {c['batch_size']}, {c['dtype']}, median of "
             f"{c['repeats']} runs after {c['warmup']} warm-up | {machine_label(m)} | "
             f"load average {start:.2f} -> {end:.2f}")
-    cols = (f"{'side':10s} {'mode':5s} {'path':20s} {'s/batch':>8s} {'IQR':>7s} "
-            f"{'img/s':>7s} {'x ref':>6s} {'1st call s':>10s} {'peak RSS MB':>11s} "
-            f"{'max|dlogit|':>11s} {'others':>6s}")
+    cols = ("side       mode  path                  s/batch     IQR   img/s  x ref "
+            "1st call s peak RSS MB max|dlogit| others")
     lines = [head, cols, "-" * len(cols)]
     for r in results["runs"]:
         best = results.get("summary", {}).get(r["side"], {}).get(r["mode"], {})
@@ -350,15 +295,71 @@ def format_results(results: dict) -> str:
                  "the reference's;\n'others' = CPU share other programs took.")
     return "\n".join(lines)
 
-# %% ../nbs/16_benchmark.ipynb #194cff28
+def run_sweep(image_sizes, batch_sizes, log=print, show=print, **options) -> dict:
+    "`run_benchmark(**options)` at each (image size, batch size); `show`: each table."
+    grid = [(s, b) for s in image_sizes for b in batch_sizes]
+    for s, b in grid or [(None, None)]:          # every point's numbers, before any run
+        _check_counts(dict(image_size=(s, 16), batch_size=(b, 1)))
+    created, points = time.strftime("%Y-%m-%dT%H:%M:%S%z"), []
+    for s, b in grid:
+        points.append(run_benchmark(image_size=s, batch_size=b, log=log, **options))
+        show(format_results(points[-1]))
+    config = {k: v for k, v in points[0]["config"].items() if not k.endswith("_size")}
+    config.update(image_sizes=list(image_sizes), batch_sizes=list(batch_sizes))
+    end = points[-1]["machine"]["load_avg_end"]
+    return dict(schema="gcvit-nb-benchmark-sweep/1", created=created, config=config,
+                machine=dict(points[0]["machine"], load_avg_end=end), points=points)
+
+def format_sweep(sweep: dict) -> str:
+    "One row per point and mode: each side's images/s, x reference and peak RSS (MB)."
+    c, cell = sweep["config"], "| {:>16s} {:>6s} {:>7s} "
+    sides = [s for s in (c["reference"], *c["backends"]) if s]
+    head = "".join(cell.format(f"{s} img/s", "x ref", "RSS MB") for s in sides)
+    lines = ["     size batch mode  " + head]
+    for m, p in ((m, p) for m in c["modes"] for p in sweep["points"]):
+        (h, w), b = p["config"]["image_size"], p["config"]["batch_size"]
+        got = [p["summary"].get(s, {}).get(m, {}) for s in sides]
+        lines.append(f"{f'{h}x{w}':>9s} {b:5d} {m:5s} " + "".join(cell.format(
+            *(_fmt(g.get(k), f) for k, f in (("images_per_s", ".2f"),
+              ("speed_vs_reference", ".2f"), ("peak_rss_mb", ".0f")))) for g in got))
+    return "\n".join(lines + ["x ref = images/s over the reference's; - = no figure"])
+
+def plot_sweep(sweep: dict, mode=None):
+    "Images/s, peak RSS and x reference by batch size; the reference black, dashed."
+    import matplotlib.pyplot as plt
+    c, ref = sweep["config"], sweep["config"]["reference"]
+    mode, sides = mode or c["modes"][0], [s for s in (ref, *c["backends"]) if s]
+    panels = [("images_per_s", "images / s"), ("peak_rss_mb", "peak RSS (MB)"),
+              ("speed_vs_reference", f"x {ref} (images / s)")][:3 if ref else 2]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6))
+    for (ax, (key, title)), (j, size) in itertools.product(zip(axes, panels),
+                                                           enumerate(c["image_sizes"])):
+        pts = [p for p in sweep["points"] if p["config"]["image_size"][0] == size]
+        for side in [s for s in sides if s != ref or key != "speed_vs_reference"]:
+            ys = [p["summary"].get(side, {}).get(mode, {}).get(key) for p in pts]
+            ax.plot([p["config"]["batch_size"] for p in pts],
+                    [np.nan if y is None else y for y in ys], "osD^v<>"[j % 7]
+                    + ("--" if side == ref else "-"), label=f"{side} {size}px",
+                    color="k" if side == ref else f"C{c['backends'].index(side)}")
+        ax.set(title=title, xscale="log", xlabel="batch size", xticks=c["batch_sizes"],
+               xticklabels=c["batch_sizes"])
+        ax.minorticks_off()
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"{c['model']}, {mode} | {machine_label(sweep['machine'])}", size=9)
+    return fig
+
+def _ints(text: str) -> list:          # '224,384' -> [224, 384]
+    return [int(t) for t in text.split(",")]
+_ints.__name__ = "comma-separated integers"
+
 def _bench_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gcvit-nb bench", description="Time the Keras "
-                                "GCViT on each backend and timm's (same weights).")
+                                "GCViT on each backend and timm's (same weights); size "
+                                "lists: a sweep over every (image, batch) pair.")
     p.add_argument("--model", default="gcvit_xxtiny", help="a variant, or gcvit_smoke")
-    p.add_argument("--image-size", type=int, default=224, help="square image side")
-    p.add_argument("--batch-size", type=int, default=8, help="images per batch")
-    p.add_argument("--backends", default=None,
-                   help="comma-separated Keras backends (default: those installed)")
+    p.add_argument("--image-size", type=_ints, default=224, help="side: 224 or 224,384")
+    p.add_argument("--batch-size", type=_ints, default=8, help="images: 8 or 1,8,32")
+    p.add_argument("--backends", help="comma-separated (default: those installed)")
     p.add_argument("--reference", default="timm", choices=("timm", "none"))
     p.add_argument("--reference-python", default=None, metavar="PATH",
                    help="Python with torch + timm (default: $GCVIT_REFERENCE_PYTHON)")
@@ -380,8 +381,7 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 def bench_cli(argv=None) -> int:
     "`gcvit-nb bench`: run, print the table, write the JSON. 0 when every run worked."
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = _bench_parser()
+    parser, argv = _bench_parser(), list(sys.argv[1:] if argv is None else argv)
     if "--smoke" in argv:
         parser.set_defaults(model="gcvit_smoke", image_size=32, batch_size=2, repeats=1,
                             warmup=0, paths="best", reference="none", mode="infer")
@@ -392,18 +392,20 @@ def bench_cli(argv=None) -> int:
     except OSError as e:
         print(f"gcvit-nb bench: error: cannot write {out}: {e}", file=sys.stderr)
         return 2
-    if kw["backends"] is None:
-        kw["backends"] = [b for b in BACKENDS if importlib.util.find_spec(b)]
-    else:
-        kw["backends"] = [b.strip() for b in kw["backends"].split(",") if b.strip()]
-    if kw["paths"] not in ("all", "best"):
-        kw["paths"] = [p.strip() for p in kw["paths"].split(",") if p.strip()]
-    try:
-        results = run_benchmark(**kw, log=lambda s: print(s, file=sys.stderr))
+    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]
+    kw["backends"] = ([b for b in BACKENDS if importlib.util.find_spec(b)]
+                      if kw["backends"] is None else split(kw["backends"]))
+    kw["paths"] = kw["paths"] if kw["paths"] in ("all", "best") else split(kw["paths"])
+    sizes, batches = ([v] if isinstance(v, int) else v
+                      for v in (kw.pop("image_size"), kw.pop("batch_size")))
+    kw["log"] = lambda s: print(s, file=sys.stderr)
+    try:        # one value each: one point and today's result; lists: a sweep
+        results = (run_sweep(sizes, batches, **kw) if len(sizes) * len(batches) > 1
+                   else run_benchmark(image_size=sizes[0], batch_size=batches[0], **kw))
     except (ValueError, RuntimeError) as e:
         print(f"gcvit-nb bench: error: {e}", file=sys.stderr)
         return 2
-    print(format_results(results))
+    print(format_results(results) if "runs" in results else format_sweep(results))
     if out:
         from gcvit_nb.runs import atomic_write
         text = json.dumps(results, indent=1) + "\n"
@@ -413,4 +415,5 @@ def bench_cli(argv=None) -> int:
             print(f"gcvit-nb bench: error: could not write {out}: {e}", file=sys.stderr)
             return 1
         print(f"wrote {out}")
-    return 0 if all(r.get("ok") for r in results["runs"]) else 1
+    runs = [r for point in results.get("points", [results]) for r in point["runs"]]
+    return 0 if all(r.get("ok") for r in runs) else 1

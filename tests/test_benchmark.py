@@ -204,3 +204,133 @@ def test_fuzz_bench_arguments(monkeypatch, capsys, tmp_path):
             raise AssertionError(f"gcvit-nb bench {argv!r} raised {type(e).__name__}: {e}") from e
         assert status in (0, 1, 2), (argv, status)
         assert "Traceback" not in capsys.readouterr().err, argv
+
+
+# --- sweeps: lists of image and batch sizes (issue 14) ----------------------------------------------------
+
+def test_size_lists_parse():
+    args = benchmark._bench_parser().parse_args(["--image-size", "224, 384,512", "--batch-size", "1,8"])
+    assert args.image_size == [224, 384, 512] and args.batch_size == [1, 8]
+    args = benchmark._bench_parser().parse_args(["--image-size", "160"])
+    assert args.image_size == [160] and args.batch_size == 8          # default stays a plain number
+
+
+@pytest.mark.parametrize("argv", [["--image-size", "224,,384"], ["--batch-size", "1,x"], ["--image-size", ","],
+                                  ["--batch-size", "8,"], ["--image-size", "1.5"]])
+def test_unparseable_size_lists_exit_2(argv, capsys):
+    "An empty or non-integer item: argparse's exit 2, naming the option, the value and the format."
+    with pytest.raises(SystemExit) as e:
+        bench_cli(["--smoke", *argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert argv[0] in err and argv[1] in err and "comma-separated integers" in err
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--batch-size", "1,0"], "batch_size must be a number >= 1, got 0"),
+    (["--batch-size", "2,-4"], "batch_size must be a number >= 1, got -4"),
+    (["--image-size", "32,8"], "image_size must be a number >= 16, got 8"),
+    (["--image-size", "64,4", "--batch-size", "2"], "image_size"),
+])
+def test_bad_size_lists_are_refused_before_any_run(argv, needle, monkeypatch, capsys):
+    "A bad value anywhere in a list fails at once (exit 2, what was wrong), before the first point runs."
+    def no_child(*a, **k):
+        raise AssertionError("a child ran")
+    monkeypatch.setattr(benchmark, "_run_child", no_child)
+    assert bench_cli(["--smoke", "--reference", "none", "--backends", BACKEND, *argv]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def _fake_sweep(monkeypatch, tmp_path, *argv):
+    "`gcvit-nb bench` with the children faked: (exit status, the JSON it wrote, stdout)."
+    monkeypatch.setattr(benchmark, "_run_child", _fake_child)
+    monkeypatch.setattr(benchmark, "check_reference", lambda python: {"timm": "1.0.31"})
+    monkeypatch.setattr(benchmark, "find_reference_python", lambda explicit=None: sys.executable)
+    out = tmp_path / "sweep.json"
+    status = bench_cli(["--smoke", "--backends", BACKEND, *argv, "--json", str(out)])
+    return status, json.loads(out.read_text())
+
+
+@pytest.mark.one_backend
+def test_one_value_keeps_the_single_point_schema(monkeypatch, tmp_path, capsys):
+    status, res = _fake_sweep(monkeypatch, tmp_path, "--image-size", "48", "--batch-size", "3")
+    assert status == 0 and res["schema"] == "gcvit-nb-benchmark/1" and "points" not in res
+    assert res["config"]["image_size"] == [48, 48] and res["config"]["batch_size"] == 3
+    assert set(res) == {"schema", "config", "path_notes", "created", "machine", "runs", "summary"}
+
+
+@pytest.mark.one_backend
+def test_sweep_json_layout_and_tables(monkeypatch, tmp_path, capsys):
+    "Lists: one JSON with every (size, batch) point in order, a table per point, then the summary table."
+    status, sweep = _fake_sweep(monkeypatch, tmp_path, "--reference", "timm", "--image-size", "32,64",
+                                "--batch-size", "1,2,4")
+    assert status == 0 and sweep["schema"] == "gcvit-nb-benchmark-sweep/1"
+    assert set(sweep) == {"schema", "created", "config", "machine", "points"}
+    c = sweep["config"]
+    assert c["image_sizes"] == [32, 64] and c["batch_sizes"] == [1, 2, 4] and c["reference"] == "timm"
+    assert "image_size" not in c and "batch_size" not in c and c["model"] == "gcvit_smoke"
+    assert [(p["config"]["image_size"], p["config"]["batch_size"]) for p in sweep["points"]] == \
+        [([s, s], b) for s in (32, 64) for b in (1, 2, 4)]
+    assert all(p["schema"] == "gcvit-nb-benchmark/1" and p["runs"] for p in sweep["points"])
+    assert "load_avg_end" in sweep["machine"] and sweep["machine"]["cpu"]
+    out = capsys.readouterr().out
+    assert out.count("s/batch") == 6                          # format_results once per point
+    summary = out[out.rindex("size batch mode"):].splitlines()
+    assert summary[0].split()[:3] == ["size", "batch", "mode"] and f"{BACKEND} img/s" in summary[0]
+    rows = [line.split() for line in summary[1:7]]
+    assert [(r[0], r[1]) for r in rows] == [(f"{s}x{s}", str(b)) for s in (32, 64) for b in (1, 2, 4)]
+    assert all(r[3:] == ["|", "20.00", "-", "100", "|", "20.00", "1.00", "100"] for r in rows), rows
+
+
+@pytest.mark.one_backend
+def test_plot_sweep_lines_per_panel(monkeypatch, tmp_path):
+    "A line per side and image size in the images/s and memory panels; backends only in the x timm one."
+    import matplotlib
+    matplotlib.use("Agg")
+    status, sweep = _fake_sweep(monkeypatch, tmp_path, "--reference", "timm", "--image-size", "32,64,96",
+                                "--batch-size", "1,2")
+    fig = benchmark.plot_sweep(sweep)
+    assert [len(ax.get_lines()) for ax in fig.axes] == [6, 6, 3]
+    assert fig.get_figwidth() <= 10
+    ref_lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label().startswith("timm")]
+    assert len(ref_lines) == 3 and all(ln.get_linestyle() == "--" and ln.get_color() == "k" for ln in ref_lines)
+    assert list(fig.axes[0].get_lines()[0].get_xdata()) == [1, 2] and fig.axes[0].get_xscale() == "log"
+    assert [ax.get_title() for ax in fig.axes] == ["images / s", "peak RSS (MB)", "x timm (images / s)"]
+    assert list(fig.axes[2].get_lines()[0].get_ydata()) == [1.0, 1.0]         # fake children: same speed
+
+
+@pytest.mark.one_backend
+def test_smoke_sweep(tmp_path, monkeypatch):
+    """A real sweep, 2 sizes x 2 batches of the smoke model on this backend; its JSON also feeds the
+    chapter's cells through their file branch (the committed-results path), with no sweep run there."""
+    import matplotlib
+    matplotlib.use("Agg")
+    results = tmp_path / "benchmarks" / "results"
+    out = results / "cpu_sweep_xxtiny.json"
+    assert bench_cli(["--smoke", "--reference", "none", "--backends", BACKEND, "--image-size", "32,48",
+                      "--batch-size", "1,2", "--repeats", "1", "--json", str(out)]) == 0
+    sweep = json.loads(out.read_text())
+    assert sweep["schema"] == "gcvit-nb-benchmark-sweep/1" and len(sweep["points"]) == 4
+    assert [(p["config"]["image_size"], p["config"]["batch_size"]) for p in sweep["points"]] == \
+        [([32, 32], 1), ([32, 32], 2), ([48, 48], 1), ([48, 48], 2)]
+    for p in sweep["points"]:
+        assert p["config"]["backends"] == [BACKEND] and p["config"]["reference"] is None
+        assert p["summary"][BACKEND]["infer"]["images_per_s"] > 0 and p["runs"][0]["ok"]
+        assert p["runs"][0]["n"] == 1 and p["summary"][BACKEND]["infer"]["peak_rss_mb"] > 0
+    fig = benchmark.plot_sweep(sweep)
+    assert [len(ax.get_lines()) for ax in fig.axes] == [2, 2]            # no reference: no x ref panel
+    assert len(benchmark.format_sweep(sweep).splitlines()) == 4 + 2
+    assert sorted(p.name for p in results.iterdir()) == ["cpu_sweep_xxtiny.json"]
+
+    # the chapter's cells, run from its folder: they must load this file, not run a sweep of their own
+    cells = {c["id"]: "".join(c["source"]) for c in
+             json.loads((Path(__file__).parents[1] / "nbs" / "16_benchmark.ipynb").read_text())["cells"]}
+    (tmp_path / "nbs").mkdir()
+    monkeypatch.chdir(tmp_path / "nbs")
+    calls = []
+    ns = dict(vars(benchmark), os=os, json=json, Path=Path,
+              run_sweep=lambda *a, **k: calls.append(a) or benchmark.run_sweep(*a, **k))
+    for cid in ("890610ef", "d7e2c3a4", "e8f3d4b5", "a0b5f6d7"):
+        exec(cells[cid], ns)
+    assert ns["sweep"] == sweep and calls == [([32, 8], [1])]         # only the checks' refused sweep
