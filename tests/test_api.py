@@ -11,7 +11,7 @@ import gcvit_nb
 ROOT = Path(__file__).resolve().parents[1]
 MODULES = sorted(m.name for m in pkgutil.iter_modules(gcvit_nb.__path__) if not m.name.startswith("_"))
 README_NAMES = ("create_model", "GCViT", "VARIANTS", "load_timm_weights", "preprocess_image",
-                "decode_predictions")
+                "decode_predictions", "Predictor")
 
 
 @pytest.mark.parametrize("name", sorted(gcvit_nb._PUBLIC))
