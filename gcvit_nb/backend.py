@@ -366,7 +366,7 @@ class Predictor:
     def _compile_torch(self, x):
         import torch
         sample = ops.convert_to_tensor(x)     # on Keras' device
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")              # TracerWarnings on shape checks
             traced = torch.jit.trace(self.model, (sample,), check_trace=False)
             frozen = torch.jit.freeze(traced.eval())
