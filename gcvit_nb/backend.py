@@ -340,7 +340,7 @@ class Predictor:
     - torch: a frozen TorchScript trace of the model (no Python per layer); it holds
       a snapshot of the weights, so call `refresh()` after changing them;
     - JAX: `jax.jit` over `model.stateless_call`, fed the current weights;
-    - TensorFlow: a `tf.function` whose batch axis is left open.
+    - TensorFlow: a `tf.function` traced for the shape.
     Inside `export_mode()` nothing is compiled: the plain Keras call runs."""
 
     def __init__(self, model):
@@ -358,7 +358,7 @@ class Predictor:
                              f"shape {x.shape}; add a batch axis with x[None].")
         if exporting():
             return _numpy(self.model(x, training=False))
-        key = x.shape if self.backend == "torch" else x.shape[1:]
+        key = x.shape[1:] if self.backend == "jax" else x.shape   # jit keys batches
         if key not in self._compiled:
             self._compiled[key] = getattr(self, f"_compile_{self.backend}")(x)
         return self._compiled[key](x)
@@ -388,7 +388,7 @@ class Predictor:
 
     def _compile_tensorflow(self, x):
         import tensorflow as tf
-        spec = tf.TensorSpec((None, *x.shape[1:]), tf.float32)
+        spec = tf.TensorSpec(x.shape, tf.float32)   # static shapes: a leaner graph
         forward = tf.function(lambda t: self.model(t, training=False),
                               input_signature=[spec])
         return lambda images: _numpy(forward(images))

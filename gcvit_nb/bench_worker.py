@@ -97,22 +97,31 @@ def time_calls(fn, warmup: int, repeats: int) -> dict:
         others.append(_other_cpu_share(before, (os.times(), _cpu_jiffies())))
     return dict(first_call_s=first, times=times, other_cpu_share_runs=others)
 
+def _proc_status_mb(field: str):
+    "A memory field of /proc/self/status in MB (Linux), else None."
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
 def _peak_rss_mb() -> float:
-    "Peak resident memory of this process so far (MB)."
+    """Peak resident memory of this process (MB): Linux's VmHWM, which starts afresh at
+    exec. `ru_maxrss` does not: a child inherits its parent's peak."""
+    peak = _proc_status_mb("VmHWM")
+    if peak is not None:
+        return peak
     import resource
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
 
 def _rss_mb() -> float:
     "Resident memory of this process now (MB), from /proc (Linux); the peak elsewhere."
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return _peak_rss_mb()
+    now = _proc_status_mb("VmRSS")
+    return _peak_rss_mb() if now is None else now
 
 # %% ../nbs/15_bench_worker.ipynb #af04dfa5
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",

@@ -334,3 +334,17 @@ def test_smoke_sweep(tmp_path, monkeypatch):
     for cid in ("890610ef", "d7e2c3a4", "e8f3d4b5", "a0b5f6d7"):
         exec(cells[cid], ns)
     assert ns["sweep"] == sweep and calls == [([32, 8], [1])]         # only the checks' refused sweep
+
+
+@pytest.mark.one_backend
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM is Linux's")
+def test_a_child_peak_memory_is_its_own():
+    "A child's peak RSS must not include its parent's (getrusage's ru_maxrss does, across exec)."
+    import subprocess
+    ballast = bytearray(400 * 1024 * 1024)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])          # touch every page: resident
+    code = "from gcvit_nb.bench_worker import _peak_rss_mb; print(_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert bench_worker._peak_rss_mb() > 400                  # the parent holds the ballast
+    assert 0 < float(out.stdout.split()[-1]) < 300              # the child does not
+    del ballast
