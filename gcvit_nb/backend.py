@@ -336,7 +336,6 @@ def gelu(x):
 class Predictor:
     """Inference without Keras' predict loop: NumPy images in, NumPy float32 logits out,
     through one compiled forward pass per input shape (none is ever retraced).
-
     - torch: a frozen TorchScript trace of the model (no Python per layer); it holds
       a snapshot of the weights, so call `refresh()` after changing them;
     - JAX: `jax.jit` over `model.stateless_call`, fed the current weights;
@@ -344,6 +343,9 @@ class Predictor:
     Inside `export_mode()` nothing is compiled: the plain Keras call runs."""
 
     def __init__(self, model):
+        if len(getattr(model, "outputs", None) or [None]) != 1:
+            raise ValueError("Predictor serves one-output models; call a multi-output "
+                             "model (features_only=True) directly.")
         self.model, self.backend = model, keras.backend.backend()
         self._compiled = {}
 
@@ -353,9 +355,9 @@ class Predictor:
 
     def __call__(self, images) -> np.ndarray:
         x = np.ascontiguousarray(images, dtype="float32")
-        if x.ndim != 4:
-            raise ValueError(f"Predictor takes a batch (B, H, W, C) of images, got "
-                             f"shape {x.shape}; add a batch axis with x[None].")
+        if x.ndim != 4 or x.shape[0] == 0:
+            raise ValueError(f"Predictor takes a non-empty batch (B, H, W, C) of "
+                             f"images, got shape {x.shape}; add a batch axis: x[None].")
         if exporting():
             return _numpy(self.model(x, training=False))
         key = x.shape[1:] if self.backend == "jax" else x.shape   # jit keys batches
@@ -365,10 +367,10 @@ class Predictor:
 
     def _compile_torch(self, x):
         import torch
-        sample = ops.convert_to_tensor(x)     # on Keras' device
         with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")              # TracerWarnings on shape checks
-            traced = torch.jit.trace(self.model, (sample,), check_trace=False)
+            warnings.simplefilter("ignore")            # TracerWarnings: shape checks
+            sample = (ops.convert_to_tensor(x),)          # on Keras' device
+            traced = torch.jit.trace(self.model, sample, check_trace=False)
             frozen = torch.jit.freeze(traced.eval())
         def run(images):
             with torch.inference_mode():
@@ -380,7 +382,7 @@ class Predictor:
         model = self.model
         forward = jax.jit(lambda trainable, other, images: model.stateless_call(
             trainable, other, images, training=False)[0])
-        def run(images):
+        def run(images):                  # the weights as they are now
             trainable = [v.value for v in model.trainable_variables]
             other = [v.value for v in model.non_trainable_variables]
             return _numpy(forward(trainable, other, images))
@@ -388,9 +390,8 @@ class Predictor:
 
     def _compile_tensorflow(self, x):
         import tensorflow as tf
-        spec = tf.TensorSpec(x.shape, tf.float32)   # static shapes: a leaner graph
         forward = tf.function(lambda t: self.model(t, training=False),
-                              input_signature=[spec])
+                              input_signature=[tf.TensorSpec(x.shape, tf.float32)])
         return lambda images: _numpy(forward(images))
 
 def _numpy(logits) -> np.ndarray:
@@ -399,10 +400,9 @@ def _numpy(logits) -> np.ndarray:
 
 # %% ../nbs/00_backend.ipynb #5305ab8d
 def use_jax_compilation_cache(path=None):
-    """Keep JAX's compiled programs on disk, so that a new process skips XLA compilation
-    for a model and input shape compiled before. The folder is `path`, else
-    `$GCVIT_JAX_CACHE`, else `~/.cache/gcvit-nb/jax`; `GCVIT_JAX_CACHE=off` disables it.
-    Returns the folder, or None (another backend, or disabled)."""
+    """Keep JAX's compiled programs on disk (in `path`, else `$GCVIT_JAX_CACHE`, else
+    `~/.cache/gcvit-nb/jax`; `GCVIT_JAX_CACHE=off`: nowhere): a new process skips XLA
+    for shapes compiled before. Returns the folder, or None (other backend, or off)."""
     setting = str(path or os.environ.get("GCVIT_JAX_CACHE", "")).strip()
     if keras.backend.backend() != "jax" or (setting and not _on(setting)):
         return None

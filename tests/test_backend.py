@@ -494,11 +494,19 @@ def test_predictor_refresh_sees_new_weights():
     np.testing.assert_allclose(predictor(x), before + 1.0, atol=1e-4)
 
 
-@pytest.mark.parametrize("shape", [(32, 32, 3), (1, 2, 32, 32, 3)])
+@pytest.mark.parametrize("shape", [(32, 32, 3), (1, 2, 32, 32, 3), (0, 32, 32, 3)])
 def test_predictor_rejects_non_batches(shape):
     import numpy as np
-    with pytest.raises(ValueError, match=r"batch \(B, H, W, C\)"):
+    with pytest.raises(ValueError, match=r"non-empty batch \(B, H, W, C\)"):
         backend.Predictor(_tiny_model())(np.zeros(shape, "float32"))
+
+
+def test_predictor_refuses_multi_output_models():
+    from gcvit_nb.model import GCViT
+    features = GCViT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), input_shape=(32, 32, 3),
+                     include_top=False, features_only=True)
+    with pytest.raises(ValueError, match="features_only"):
+        backend.Predictor(features)
 
 
 def test_importing_the_package_first_keeps_jax_out_of_a_torch_process():
