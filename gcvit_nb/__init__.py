@@ -5,6 +5,7 @@ do not import Keras until a model is asked for. Each name lives in the module of
 """
 __version__ = "0.1.0"
 
+import contextlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -41,6 +42,20 @@ class _KerasWithoutJax(importlib.abc.MetaPathFinder):
         return spec
 
 
+@contextlib.contextmanager
+def _absent(*names):
+    "Within the block, `import NAME` fails as if NAME were not installed (unless imported)."
+    blocked = [name for name in names if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
 class _WithoutJaxLoader(importlib.abc.Loader):
     def __init__(self, loader):
         self.loader = loader
@@ -49,14 +64,8 @@ class _WithoutJaxLoader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
-        blocked = "jax" not in sys.modules
-        if blocked:
-            sys.modules["jax"] = None
-        try:
+        with _absent("jax"):
             self.loader.exec_module(module)
-        finally:
-            if blocked and sys.modules.get("jax", 0) is None:
-                del sys.modules["jax"]
 
 
 if "keras" not in sys.modules and _configured_keras_backend() in ("torch", "tensorflow"):

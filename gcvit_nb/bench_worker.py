@@ -251,12 +251,15 @@ def _build_keras_model(job: dict):
 def _keras_worker(job: dict) -> dict:
     rss_start, t0 = _rss_mb(), time.perf_counter()
     import keras
+    from gcvit_nb import _absent
     from gcvit_nb.backend import accelerator_names
     from gcvit_nb.checkpoints import load_timm_weights
     _set_keras_threads(job["threads"])
     out = dict(import_s=time.perf_counter() - t0, rss_start_mb=rss_start,
                rss_after_import_mb=_rss_mb(), accelerators=list(accelerator_names()))
-    keras.utils.set_random_seed(job["seed"])
+    unused = () if keras.backend.backend() == "tensorflow" else ("tensorflow",)
+    with _absent(*unused):      # Keras seeds TensorFlow too, importing it if it can
+        keras.utils.set_random_seed(job["seed"])
     if job.get("precision") == "bfloat16":     # bf16 compute; float32 weights, logits
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     t0 = time.perf_counter()
@@ -269,10 +272,8 @@ def _keras_worker(job: dict) -> dict:
     layers = list(model._flatten_layers())
     out["layers_built_before_first_call"] = all(layer.built for layer in layers)
     x, y = _bench_images(job["batch_size"], job["image_size"], job["seed"])
-    if job["mode"] == "infer":
-        fn = _keras_infer_fn(model, job["path"], x)
-    else:
-        fn = _keras_train_fn(model, job["path"], x, y)
+    fn = (_keras_infer_fn(model, job["path"], x) if job["mode"] == "infer"
+          else _keras_train_fn(model, job["path"], x, y))
     timing = time_calls(fn, job["warmup"], job["repeats"])
     out.update(_finish(timing, job, keras.backend.backend()))    # memory figures first
     out["layers_built_after_first_call"] = all(layer.built for layer in layers)
@@ -294,8 +295,7 @@ def _weights_worker(job: dict) -> dict:
 
 # %% ../nbs/15_bench_worker.ipynb #996dd1ce
 MIN_TIMM = (1, 0, 31)
-# The two schemas as torchvision's compiled extension declares them.
-_SIGNATURE = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
+_SIGNATURE = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"  # torchvision's
 _TORCHVISION_SCHEMAS = ("nms" + _SIGNATURE, "qnms" + _SIGNATURE)
 _SCHEMA_LIB = []        # keeps the torch.library.Library alive (dropping it undoes it)
 
