@@ -295,7 +295,7 @@ def _weights_worker(job: dict) -> dict:
 
 # %% ../nbs/15_bench_worker.ipynb #996dd1ce
 MIN_TIMM = (1, 0, 31)
-_SIGNATURE = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"  # torchvision's
+_SIGNATURE = "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor"
 _TORCHVISION_SCHEMAS = ("nms" + _SIGNATURE, "qnms" + _SIGNATURE)
 _SCHEMA_LIB = []        # keeps the torch.library.Library alive (dropping it undoes it)
 
