@@ -335,9 +335,9 @@ def gelu(x):
 # %% ../nbs/00_backend.ipynb #abd3c4e3
 class Predictor:
     """Inference without Keras' predict loop: NumPy images in, NumPy float32 logits out,
-    through one compiled forward pass per input shape (none is ever retraced).
-    - torch: a frozen TorchScript trace of the model (no Python per layer); it holds
-      a snapshot of the weights, so call `refresh()` after changing them;
+    through one compiled forward pass per image size (none is ever retraced).
+    - torch: a frozen TorchScript trace of the model on one image, which serves every
+      batch size; it holds a snapshot of the weights: `refresh()` after changing them;
     - JAX: `jax.jit` over `model.stateless_call`, fed the current weights;
     - TensorFlow: a `tf.function` traced for the shape.
     Inside `export_mode()` nothing is compiled: the plain Keras call runs."""
@@ -360,20 +360,20 @@ class Predictor:
                              f"images, got shape {x.shape}; add a batch axis: x[None].")
         if exporting():
             return _numpy(self.model(x, training=False))
-        key = x.shape[1:] if self.backend == "jax" else x.shape   # jit keys batches
-        if key not in self._compiled:
-            self._compiled[key] = getattr(self, f"_compile_{self.backend}")(x)
-        return self._compiled[key](x)
+        key = x.shape if self.backend == "tensorflow" else x.shape[1:]
+        run = self._compiled.get(key) or getattr(self, f"_compile_{self.backend}")(x)
+        logits, self._compiled[key] = run(x), run     # kept once it has worked
+        return logits
 
     def _compile_torch(self, x):
         import torch
         with warnings.catch_warnings(), torch.inference_mode():
             warnings.simplefilter("ignore")            # TracerWarnings: shape checks
-            sample = (ops.convert_to_tensor(x),)          # on Keras' device
-            traced = torch.jit.trace(self.model, sample, check_trace=False)
+            one = (ops.convert_to_tensor(x[:1]),)  # a trace keeps every activation
+            traced = torch.jit.trace(self.model, one, check_trace=False)
             frozen = torch.jit.freeze(traced.eval())
-        def run(images):
-            with torch.inference_mode():
+        def run(images):       # no profiling executor: as fast, and less memory
+            with torch.inference_mode(), torch.jit.optimized_execution(False):
                 return _numpy(frozen(ops.convert_to_tensor(images)))
         return run
 

@@ -475,11 +475,14 @@ def test_predictor_matches_the_model_and_compiles_once_per_shape():
         got = predictor(x)
         assert got.dtype == np.float32 and got.shape == (batch, 5)
         np.testing.assert_allclose(got, ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
-    # torch and TF compile per input shape; on JAX one jitted function caches each batch size
-    assert len(predictor._compiled) == (1 if predictor.backend == "jax" else 2)
+    # TF compiles per input shape; torch's one-image trace and JAX's jitted function serve every batch
+    assert len(predictor._compiled) == (2 if predictor.backend == "tensorflow" else 1)
     with backend.export_mode():            # exporters see the plain call: nothing new is compiled
         predictor(rng.uniform(0, 1, size=(2, 32, 32, 3)).astype("float32"))
-    assert len(predictor._compiled) == (1 if predictor.backend == "jax" else 2)
+    assert len(predictor._compiled) == (2 if predictor.backend == "tensorflow" else 1)
+    with pytest.raises(ValueError, match="built for 32×32 images; got 64×64"):   # the model's own check
+        predictor(np.zeros((2, 64, 64, 3), "float32"))
+    assert len(predictor._compiled) == (2 if predictor.backend == "tensorflow" else 1)
 
 
 def test_predictor_refresh_sees_new_weights():
