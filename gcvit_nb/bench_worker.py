@@ -45,7 +45,7 @@ PATH_NOTES = {
     "jit_stateless_call": "jax.jit over model.stateless_call",
     "inference_mode": "eager forward pass under torch.inference_mode()",
     "torch_compile": "torch.compile(model) under torch.inference_mode() (opt-in)",
-    "train_on_batch": "Keras train_on_batch after compile() (jit_compile='auto')",
+    "train_on_batch": "Keras train_on_batch after compile() and optimizer.build()",
     "train_on_batch_xla": "Keras train_on_batch after compile(jit_compile=True)",
     "eager": "eager PyTorch: zero_grad, forward, cross-entropy, backward, AdamW step",
 }
@@ -140,9 +140,8 @@ def _limit_threads(threads: int):
 
 def _bench_images(batch_size: int, image_size, seed: int = 0):
     "Seeded standard-normal NHWC float32 images and integer labels in [0, 1000)."
-    h, w = image_size
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((batch_size, h, w, 3)).astype("float32")
+    x = rng.standard_normal((batch_size, *image_size, 3)).astype("float32")
     return x, rng.integers(0, 1000, batch_size).astype("int64")
 
 def model_spec(name: str) -> dict:
@@ -228,8 +227,9 @@ def _keras_train_fn(model, path: str, x, y):
         raise ValueError(f"No training path {path!r}; see PATHS.")
     opt = keras.optimizers.AdamW(learning_rate=OPTIMIZER["learning_rate"],
                                  weight_decay=OPTIMIZER["weight_decay"])
-    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    model.compile(optimizer=opt, loss=loss, jit_compile=jit)
+    model.compile(optimizer=opt, jit_compile=jit,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    opt.build(model.trainable_variables)   # as finetune does: TF traces the step once
     return lambda: model.train_on_batch(x, y)
 
 def _set_keras_threads(threads: int):

@@ -108,6 +108,7 @@ def compile_for_finetuning(model, optimizer, label_smoothing: float = 0.1,
                                                 reduction="mean_with_sample_weight")
     model.compile(optimizer=optimizer, loss=loss, run_eagerly=run_eagerly,
                   weighted_metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
+    model.optimizer.build(model.trainable_variables)   # now: TF then traces one step
     return model
 
 def _set_backbone_trainable(model, trainable: bool):
@@ -285,7 +286,6 @@ def _train(net, data, val_ds, cfg, augment, state, run_dir, record, how):
                              warmup=cfg.warmup if trainable else 0.0)
         compile_for_finetuning(net, opt, cfg.label_smoothing, how["run_eagerly"])
         if restore and resumed_from > first:              # mid-phase: and optimizer
-            opt.build(net.trainable_variables)
             restore_checkpoint(net, run_dir, state)
         begin = max(first, start)
         if how["talk"]:
