@@ -2,14 +2,13 @@
 
 # %% auto #0
 __all__ = ['PROFILES', 'LAYER_NORM_EPS', 'accelerator_names', 'has_accelerator', 'detect_profile', 'Profile', 'active_profile',
-           'runtime_summary', 'driver_gpu_names', 'pick_precision', 'export_mode', 'exporting', 'register', 'pad_hw',
-           'conv2d_nhwc', 'Conv2d', 'DepthwiseConv2d', 'Linear', 'LayerNorm', 'layer_norm', 'max_pool_3x3_s2', 'gelu',
-           'Predictor', 'use_jax_compilation_cache']
+           'runtime_summary', 'pick_precision', 'export_mode', 'exporting', 'register', 'pad_hw', 'conv2d_nhwc',
+           'Conv2d', 'DepthwiseConv2d', 'Linear', 'LayerNorm', 'layer_norm', 'max_pool_3x3_s2', 'gelu', 'Predictor',
+           'use_jax_compilation_cache']
 
 # %% ../nbs/00_backend.ipynb #32ed911e
 import contextlib
 import os
-import subprocess
 import warnings
 from dataclasses import dataclass
 
@@ -98,17 +97,6 @@ def runtime_summary(profile=None) -> str:
             f"backend {backend} {bver} | profile {profile.name}")
 
 # %% ../nbs/00_backend.ipynb #b0a1d002
-def driver_gpu_names() -> list:
-    "NVIDIA GPU names from `nvidia-smi`, asking no framework ([] without a driver)."
-    try:
-        query = ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"]
-        out = subprocess.run(query, capture_output=True, text=True, timeout=20)
-    except (OSError, subprocess.SubprocessError):
-        return []
-    if out.returncode != 0:
-        return []
-    return [s.strip() for s in out.stdout.splitlines() if s.strip()]
-
 _PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
 def _supports_bf16() -> bool:

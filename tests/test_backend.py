@@ -174,22 +174,6 @@ def test_accelerator_names_agree_with_has_accelerator():
     assert bool(names) == has_accelerator()
 
 
-def test_driver_gpu_names_without_driver(monkeypatch):
-    def missing(*args, **kwargs):
-        raise FileNotFoundError("nvidia-smi")
-    monkeypatch.setattr(backend.subprocess, "run", missing)
-    assert backend.driver_gpu_names() == []
-
-
-def test_driver_gpu_names_parses_nvidia_smi(monkeypatch):
-    import subprocess
-    def fake(cmd, **kwargs):
-        assert cmd[0] == "nvidia-smi"
-        return subprocess.CompletedProcess(cmd, 0, stdout="NVIDIA H200\n\nNVIDIA H200\n", stderr="")
-    monkeypatch.setattr(backend.subprocess, "run", fake)
-    assert backend.driver_gpu_names() == ["NVIDIA H200", "NVIDIA H200"]
-
-
 @pytest.mark.parametrize("name", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_pick_precision_explicit(name):
     assert backend.pick_precision(name) == name
