@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-gpu check-install clean-nbs clean
+.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-readme test-gpu check-install clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -40,8 +40,9 @@ book: export data book-deps
 	$(BIN)/jupyter-book build . --path-output _build/book
 	@echo "Book built: $(abspath _build/book/_build/html/index.html)"
 
-## test: hygiene, unit tests on three backends, nbval on every notebook, the book checked in Chromium
-test: test-hygiene test-units test-nbval test-book
+## test: hygiene, unit tests on three backends, nbval on every notebook (smoke), the book as
+## `make book` builds it (default profile) checked in Chromium, and README.md run as printed
+test: test-hygiene test-units test-nbval test-book test-readme
 	@echo "All checks passed."
 
 test-hygiene: setup
@@ -58,19 +59,24 @@ test-units: setup data
 test-nbval: setup data
 	GCVIT_SMOKE=1 $(VPY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 nbs/*.ipynb
 
-test-book: export data book-deps
+## test-book: the user's `make book` (whatever profile the environment picks: cpu here), then its HTML
+## checked and two pages opened in Chromium
+test-book: setup
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "Chromium is needed: apt-get install chromium"; exit 1; }
-	GCVIT_SMOKE=1 $(BIN)/jupyter-book build . --path-output _build/smoke
-	$(VPY) tools/check_book.py _build/smoke/_build/html --screenshots _build/screenshots
+	$(MAKE) book
+	$(VPY) tools/check_book.py _build/book/_build/html --screenshots _build/screenshots
+
+## test-readme: every block of README.md, as printed, in fresh venvs outside the checkout (the
+## install proof: `pip install "gcvit-nb[jax] @ git+..."` of this checkout's HEAD; see the script)
+test-readme: setup
+	$(VPY) tools/check_readme.py
 
 ## test-gpu: the GPU run (.ci/run-gpu): CUDA builds in .venv-gpu, GPU unit tests and every notebook per backend
 test-gpu:
 	bash .ci/run-gpu
 
-## check-install: wheel -> fresh venv under /tmp (not editable) -> gcvit-nb predict + bench --smoke from
-## outside the checkout (issue 10's install proof; ~6 min on 2 cores, so not part of `make test`)
-check-install:
-	bash tools/check_install.sh
+## check-install: the README check alone (fresh venvs, the wheel of HEAD, no source tree)
+check-install: test-readme
 
 clean-nbs: setup
 	$(BIN)/nbdev_clean

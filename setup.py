@@ -21,6 +21,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license=lic[0],
+    license_files=["LICENSE"],
     author=cfg["author"],
     author_email=cfg["author_email"],
     url=cfg["git_url"],
@@ -36,7 +37,8 @@ setuptools.setup(
     package_data={cfg["lib_name"]: ["data/*"]},
     python_requires=">=" + min_python,
     install_requires=cfg.get("requirements", "").split(),
-    extras_require={"dev": cfg.get("dev_requirements", "").split()},
+    extras_require={key[:-len("_requirements")]: value.split()
+                    for key, value in cfg.items() if key.endswith("_requirements")},
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],

@@ -1,75 +1,60 @@
 """gcvit-nb: GCViT (Global Context Vision Transformer) in Keras 3, written as a book.
 
-The public names below are imported lazily, so `import gcvit_nb` (and `gcvit-nb --version`) stay fast and
-do not import Keras until a model is asked for. Each name lives in the module of the chapter that explains it.
+`import gcvit_nb` imports Keras and the modules that define the model's layers, so that Keras can
+find them when it reloads a `.keras` file (`keras.models.load_model`). The other public names are
+imported lazily: each lives in the module of the chapter that explains it. The `gcvit-nb` command
+skips even the eager part until a subcommand needs a model, so that `gcvit-nb --help` stays fast.
 """
 __version__ = "0.1.0"
 
-import contextlib
 import importlib
-import importlib.abc
-import importlib.machinery
-import json
 import os
 import sys
 
+# Which extra installs each Keras backend (settings.ini: tensorflow_requirements, ...).
+BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}
 
-def _configured_keras_backend() -> str:
-    "The backend Keras will pick: $KERAS_BACKEND, else keras.json, else TensorFlow."
-    if os.environ.get("KERAS_BACKEND"):
-        return os.environ["KERAS_BACKEND"]
-    home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+class MissingExtra(ImportError):
+    "An optional dependency is not installed; the message names the extra that brings it."
+
+
+def missing_extra(package: str, extra: str, purpose: str) -> MissingExtra:
+    "The error raised when `package` (from the `extra` extra) is needed for `purpose`."
+    return MissingExtra(f"{purpose} needs {package}, which is not installed: "
+                        f'pip install "gcvit-nb[{extra}]"')
+
+
+def _import_keras():
+    "Import Keras; if its backend is not installed, say which extra brings it."
     try:
-        with open(os.path.join(home, "keras.json")) as f:
-            return json.load(f).get("backend", "tensorflow")
-    except (OSError, ValueError, AttributeError):
-        return "tensorflow"
+        import keras
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in BACKEND_EXTRAS:
+            raise
+        chosen = os.environ.get("KERAS_BACKEND")
+        how = (f"KERAS_BACKEND={chosen}" if chosen else
+               "no KERAS_BACKEND is set, so Keras uses TensorFlow")
+        raise MissingExtra(
+            f"Keras cannot start its {top} backend ({how}), and {top} is not installed: "
+            f'pip install "gcvit-nb[{BACKEND_EXTRAS[top]}]", or set KERAS_BACKEND to an '
+            "installed backend (jax, torch or tensorflow) before importing gcvit_nb."
+        ) from None
+    return keras
 
 
-class _KerasWithoutJax(importlib.abc.MetaPathFinder):
-    """Keras 3 imports JAX from its Orbax callback whenever JAX is installed, whatever the
-    backend: about 140 MB and 1.5 s more for a torch or TensorFlow process. While Keras
-    itself is imported on those backends, `import jax` fails as if JAX were absent (which
-    Keras supports); afterwards JAX imports normally. Appendix A measures it."""
-
-    def find_spec(self, name, path=None, target=None):
-        if name != "keras":
-            return None
-        sys.meta_path.remove(self)             # one use: only the first import of keras
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _WithoutJaxLoader(spec.loader)
-        return spec
+def _in_command_line_launcher() -> bool:
+    "True inside the `gcvit-nb` console script (it imports models only when needed)."
+    argv = getattr(sys, "argv", None) or [""]
+    name = os.path.basename(argv[0])
+    return name in ("gcvit-nb", "gcvit-nb.exe", "gcvit-nb-script.py")
 
 
-@contextlib.contextmanager
-def _absent(*names):
-    "Within the block, `import NAME` fails as if NAME were not installed (unless imported)."
-    blocked = [name for name in names if name not in sys.modules]
-    for name in blocked:
-        sys.modules[name] = None
-    try:
-        yield
-    finally:
-        for name in blocked:
-            if name in sys.modules and sys.modules[name] is None:
-                del sys.modules[name]
-
-
-class _WithoutJaxLoader(importlib.abc.Loader):
-    def __init__(self, loader):
-        self.loader = loader
-
-    def create_module(self, spec):
-        return self.loader.create_module(spec)
-
-    def exec_module(self, module):
-        with _absent("jax"):
-            self.loader.exec_module(module)
-
-
-if "keras" not in sys.modules and _configured_keras_backend() in ("torch", "tensorflow"):
-    sys.meta_path.insert(0, _KerasWithoutJax())
+if not _in_command_line_launcher():
+    _import_keras()
+    # Defining the layers registers them with Keras (package "gcvit_nb").
+    importlib.import_module(f"{__name__}.model")
 
 _PUBLIC = {
     # appendix A (00_backend): run profiles, device and precision probes, backend fast paths
