@@ -248,10 +248,26 @@ def _build_keras_model(job: dict):
     return GCViT(**spec, num_classes=job["num_classes"], name=job["model"],
                  input_shape=(*job["image_size"], 3))
 
+@contextlib.contextmanager
+def _absent(*names):
+    "Within the block, `import NAME` fails as if NAME were absent (unless imported)."
+    blocked = [name for name in names if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, False) is None:
+                del sys.modules[name]
+
 def _keras_worker(job: dict) -> dict:
     rss_start, t0 = _rss_mb(), time.perf_counter()
-    import keras
-    from gcvit_nb import _absent
+    # Keras 3 imports JAX whenever it is installed (about 140 MB and 1.5 s); a torch or
+    # TensorFlow child measures without it, as a user who has no JAX would see.
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    with _absent(*(() if backend == "jax" else ("jax",))):
+        import keras
     from gcvit_nb.backend import accelerator_names
     from gcvit_nb.checkpoints import load_timm_weights
     _set_keras_threads(job["threads"])

@@ -94,17 +94,16 @@ def _child_env(side, threads: int) -> dict:
                PYTHONWARNINGS="ignore")
     return env | ({"KERAS_BACKEND": side} if side in BACKENDS else {})
 
-_KERAS_CHILD = "import sys; from gcvit_nb.bench_worker import worker_main as w; "
-_RUN = "sys.exit(w(sys.argv[-1]))"
+_RUN = "sys.exit(m.worker_main(sys.argv[-1]))"
 
 def _run_child(job: dict, python: str, workdir: Path, timeout: float) -> dict:
     "Run one job in a fresh `python`: its result (`ok=False` and the error on failure)."
     name = "_".join(str(job[k]) for k in ("kind", "side", "mode", "path") if job.get(k))
     job = {**job, "result": str(workdir / f"{name}.result.json")}
     (job_path := workdir / f"{name}.job.json").write_text(json.dumps(job))
-    cmd = ([python, "-c", _LOAD_WORKER + "w = m.worker_main; " + _RUN,
-            bench_worker.__file__] if job["kind"] == "timm"
-           else [python, "-c", _KERAS_CHILD + _RUN])
+    # Every child loads bench_worker.py by path, so that a Keras child imports Keras
+    # itself (without an unused JAX) before anything imports gcvit_nb.
+    cmd = [python, "-c", _LOAD_WORKER + _RUN, bench_worker.__file__]
     load, t0 = list(os.getloadavg()), time.perf_counter()
     try:
         proc = subprocess.run([*cmd, str(job_path)], capture_output=True, text=True,
