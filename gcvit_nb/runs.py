@@ -12,10 +12,16 @@ import math
 import os
 import shutil
 import socket
+import sys
 import time
 import uuid
 import zipfile
 from pathlib import Path
+
+try:
+    import fcntl           # POSIX advisory locks: Linux, macOS, WSL
+except ImportError:        # Windows: run_directory says what to do instead
+    fcntl = None
 
 import numpy as np
 import keras
@@ -89,59 +95,140 @@ _STATE_FORMAT = 2          # 1: before the package split (no "format" key)
 class RunDirectoryBusy(FileExistsError):
     "Another process holds the run directory's lock."
 
-def _pid_alive(pid: int) -> bool:
-    "Does process `pid` exist on this host (and is it not a zombie)?"
+def _pid_namespace() -> str:
+    "This process's PID namespace on Linux (like 'pid:[4026531836]'), else ''."
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+def _lock_info(text: str) -> dict:
+    """What a lock file says about its holder: a first line `PID HOST` (all that
+    older versions wrote), then `started ...` and `pid_namespace ...` lines."""
+    lines = text.splitlines()
+    first = lines[0].split() if lines else []
+    if len(first) < 2 or not first[0].isdigit():
+        return {}
+    info = {"pid": int(first[0]), "host": first[1]}
+    for line in lines[1:]:
+        key, _, value = line.partition(" ")
+        if key and value.strip():
+            info[key] = value.strip()
+    return info
+
+def _holder_info(fd: int) -> dict:
+    "Read the holder's information through our own descriptor of the locked file."
+    for _ in range(5):                  # the holder writes it just after locking
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            info = _lock_info(os.pread(fd, 4096, 0).decode("utf-8"))
+            if info:
+                return info
+        time.sleep(0.05)
+    return {}
+
+def _busy_message(run_dir: Path, path: Path, info: dict) -> str:
+    if info:
+        who = f"process {info['pid']} on {info['host']}"
+        theirs, mine = info.get("pid_namespace"), _pid_namespace()
+        if theirs and mine and theirs != mine:
+            who += f" in another PID namespace ({theirs}; a container, say)"
+        if info.get("started"):
+            who += f", started {info['started']}"
+    else:
+        who = "another process (it has not written its name into the lock file yet)"
+    return (f"{run_dir} is in use by {who}. Lock file: {path}. The operating system "
+            "holds this lock until that process ends, however it ends; wait for that "
+            "run to finish, or choose another output directory. Deleting the lock "
+            "file does not stop that run; it only lets a second run write the same "
+            "folder.")
+
+def _open_lock_file(run_dir: Path, path: Path) -> int:
+    "Open (or create) the lock file, refusing a directory or a link in its place."
+    flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        return os.open(path, flags, 0o644)
+    except OSError as e:
+        if path.is_symlink():
+            what = (f"{path} is a symbolic link (to {os.readlink(path)}), where "
+                    "gcvit-nb keeps the run directory's lock file. Remove the link")
+        elif path.is_dir():
+            what = (f"{path} is a directory, where gcvit-nb keeps the run "
+                    "directory's lock file (a plain file). It was not made by "
+                    "gcvit-nb: move it away")
+        else:
+            what = (f"Could not open the lock file {path} ({e.strerror or e}). "
+                    "Choose a folder you can write to, or fix its permissions")
+        raise type(e)(e.errno, f"{what}, then try again.") from None
+
+def _flock(run_dir: Path, path: Path, fd: int) -> bool:
+    "Try to take the lock without waiting: True if taken, False if held elsewhere."
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
         return False
-    except PermissionError:       # it exists, but belongs to someone else
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    except OSError as e:
+        raise OSError(
+            e.errno, f"The file system of {run_dir} refused to lock {path} "
+            f"({e.strerror or e}), so gcvit-nb cannot make sure that only one run "
+            "writes there. Use a folder on a local disk, or a network share mounted "
+            "with locking enabled (on NFS: a lock service, not the `nolock` option)."
+        ) from None
 
-def _lock_holder(path: Path):
-    "(pid, host) written in a lock file, or None when it is empty or unreadable."
+def _same_file(fd: int, path: Path) -> bool:
+    "Is `path` still the file open as `fd` (not removed or replaced meanwhile)?"
     try:
-        pid, host = path.read_text(encoding="utf-8").split()[:2]
-        return int(pid), host
-    except (OSError, ValueError):
-        return None
+        a, b = os.fstat(fd), os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
-def _acquire_lock(run_dir: Path) -> Path:
-    path, me = run_dir / _LOCK, (os.getpid(), socket.gethostname())
-    for _ in range(5):
+def _acquire_lock(run_dir: Path, tries: int = 50):
+    """Hold `run_dir`'s lock: an exclusive flock on its lock file, kept open (the
+    returned (descriptor, path)) for the life of the run. The kernel releases it when
+    the process ends, so a killed run never leaves a stale lock. A holder removes the
+    file on release, so the lock is verified to be on the file the path names now."""
+    path = run_dir / _LOCK
+    if fcntl is None:
+        raise OSError(
+            f"Cannot lock {run_dir}: gcvit-nb locks a run directory with fcntl.flock, "
+            f"which Python on this platform ({sys.platform}) lacks. Run on Linux, "
+            "macOS or another POSIX system (on Windows: WSL).")
+    for _ in range(tries):
+        fd = _open_lock_file(run_dir, path)
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            holder = _lock_holder(path)
-            if holder is None:               # being written this instant, or left empty
-                age = time.time() - path.stat().st_mtime if path.exists() else 0.0
-                if age < 10:
-                    time.sleep(0.2)
-                    continue
-            elif holder[1] != me[1] or _pid_alive(holder[0]):
-                raise RunDirectoryBusy(
-                    f"{run_dir} is in use by process {holder[0]} on {holder[1]} (lock "
-                    f"file {path}). Wait for that run to end, or choose another output "
-                    f"directory. If no such run exists any more, delete {path}."
-                ) from None
-            with contextlib.suppress(FileNotFoundError):   # stale: its process is gone
-                path.unlink()
-            continue
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(f"{me[0]} {me[1]}\n")
-        return path
-    raise RunDirectoryBusy(f"Could not lock {run_dir} ({path} keeps changing); another "
-                           "process is starting a run there.")
+            if not _flock(run_dir, path, fd):
+                info = _holder_info(fd)
+                raise RunDirectoryBusy(_busy_message(run_dir, path, info))
+            if not _same_file(fd, path):     # released and removed since we opened it
+                os.close(fd)
+                continue
+            started = time.strftime("%Y-%m-%d %H:%M:%S %z")
+            text = f"{os.getpid()} {socket.gethostname()}\nstarted {started}\n"
+            if _pid_namespace():
+                text += f"pid_namespace {_pid_namespace()}\n"
+            with contextlib.suppress(OSError):   # information only: the lock holds
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, text.encode("utf-8"), 0)
+            return fd, path
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+    raise RunDirectoryBusy(
+        f"Could not lock {run_dir}: its lock file {path} was released and replaced "
+        f"{tries} times while this process tried to take it, so runs keep starting "
+        "and ending there. Try again, or choose another output directory.")
 
-def _release_lock(path: Path):
-    if _lock_holder(path) == (os.getpid(), socket.gethostname()):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+def _release_lock(lock):
+    "Remove the lock file while still holding it, then close it (which unlocks)."
+    fd, path = lock
+    try:
+        if _same_file(fd, path):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    finally:
+        os.close(fd)
 
 def _remove_temps(run_dir: Path):
     "Delete this package's temporary files (interrupted writes) inside a run directory."
@@ -150,8 +237,25 @@ def _remove_temps(run_dir: Path):
             if junk.is_file():
                 junk.unlink()
 
+def _dangling_link(path: Path):
+    "`path` or the first of its parents that is a symbolic link to nothing, or None."
+    for p in (path, *path.parents):
+        if p.is_symlink() and not p.exists():
+            return p
+    return None
+
 def _check_folder(run_dir: Path):
     "Refuse a folder that holds files but is not a run directory."
+    link = _dangling_link(run_dir)
+    if link is not None:
+        target = os.readlink(link)
+        where = os.path.normpath(link.parent / target)
+        shown = target if os.path.isabs(target) else f"{target} (that is, {where})"
+        what = "" if link == run_dir else f" (in the output path {run_dir})"
+        raise FileNotFoundError(
+            f"{link}{what} is a dangling symbolic link to {shown}, "
+            "which does not exist. Create that folder, point the link at an existing "
+            "one, or choose another output directory.")
     if run_dir.exists() and not run_dir.is_dir():
         raise FileExistsError(f"{run_dir} is a file, not a folder; choose another "
                               "output directory.")
@@ -167,8 +271,71 @@ def _check_folder(run_dir: Path):
             "overwritten: choose another output directory.")
 
 # %% ../nbs/10_runs.ipynb #d10a0013
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+def _numbers(v, nulls: bool = False) -> bool:
+    "A list of numbers (and nulls, which stand for NaN/inf, if `nulls`)."
+    return isinstance(v, list) and all(_is_number(x) or (nulls and x is None)
+                                       for x in v)
+
+def _inside(v) -> bool:
+    "A relative path that stays inside the run directory."
+    return (isinstance(v, str) and v != "" and not os.path.isabs(v)
+            and ".." not in Path(v).parts)
+
+# field: (expected type, in words; test; required). Checked in this order.
+_STATE_FIELDS = {
+    "config": ("an object (the run's settings)", lambda v: isinstance(v, dict), True),
+    "format": ("an integer", _is_int, False),
+    "epoch": ("an integer >= 0 (the number of committed epochs)",
+              lambda v: _is_int(v) and v >= 0, True),
+    "checkpoint": ("null or a path inside the run directory (a string such as "
+                   "\"checkpoints/epoch_003.keras\")",
+                   lambda v: v is None or _inside(v), True),
+    "history": ("an object of lists of numbers (one list per metric)",
+                lambda v: isinstance(v, dict)
+                and all(_numbers(x, nulls=True) for x in v.values()), True),
+    "best": ("an object with \"epoch\" (an integer or null) and the best score "
+             "(a number or null)",
+             lambda v: isinstance(v, dict) and "epoch" in v
+             and (v["epoch"] is None or _is_int(v["epoch"]))
+             and all(x is None or _is_number(x) for x in v.values()), True),
+    "epoch_seconds": ("a list of numbers", _numbers, False),
+    "resumed_at": ("a list of integers",
+                   lambda v: isinstance(v, list) and all(map(_is_int, v)), False),
+    "rng_state": ("a list (random-generator states)",
+                  lambda v: isinstance(v, list), False),
+}
+
+def _json_type(v) -> str:
+    "What a JSON value is, in words."
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false",
+             int: "an integer", float: "a number", type(None): "null"}
+    return names.get(type(v), type(v).__name__)
+
+def _state_problem(state: dict):
+    "The first field of `state` with a wrong type or value, in words; None if none."
+    for key, (expected, fits, required) in _STATE_FIELDS.items():
+        if key not in state and not required:
+            continue
+        value = state[key]
+        if not fits(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 60 else shown[:57] + "..."
+            return (f"the field `{key}` should be {expected}, but it is "
+                    f"{_json_type(value)}: {shown}")
+    if state["epoch"] > 0 and state["checkpoint"] is None:
+        return (f"the field `checkpoint` should name the checkpoint of epoch "
+                f"{state['epoch']} (`epoch` is {state['epoch']}), but it is null")
+    return None
+
 def read_state(run_dir):
-    "The committed state of a run directory, or None when it has none yet."
+    """The committed state of a run directory, or None when it has none yet. Refuses,
+    naming the field, a state.json that is damaged or whose fields have wrong types."""
     path = Path(run_dir) / _STATE
     if not path.is_file():
         return None
@@ -179,17 +346,27 @@ def read_state(run_dir):
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path} is damaged ({e}), so the run cannot resume. "
                          f"{fix}") from None
-    if not isinstance(state, dict) or not isinstance(state.get("config"), dict):
+    if not isinstance(state, dict) or "config" not in state:
         raise ValueError(f"{path} has no `config` record (the run's settings), so a "
                          "resume cannot check that it continues the same experiment. "
                          f"{fix}")
-    missing = [k for k in ("epoch", "checkpoint", "history", "best") if k not in state]
+    newer = state.get("format", 1)
+    if _is_int(newer) and newer > _STATE_FORMAT:
+        raise ValueError(f"{path} was written by a newer gcvit-nb (state format "
+                         f"{newer}); upgrade gcvit-nb to resume it.")
+    missing = [k for k, (_, _, needed) in _STATE_FIELDS.items()
+               if needed and k not in state]
     if missing:
         raise ValueError(f"{path} lacks {', '.join(missing)}; it was not written by "
                          f"gcvit-nb or was edited. {fix}")
-    if state.get("format", 1) > _STATE_FORMAT:
-        raise ValueError(f"{path} was written by a newer gcvit-nb (state format "
-                         f"{state['format']}); upgrade gcvit-nb to resume it.")
+    problem = _state_problem(state)
+    if problem:
+        raise ValueError(f"{path} cannot be used: {problem}. The file was edited or "
+                         "written by another tool. Correct that field (or restore "
+                         "state.json from a backup) and resume again; otherwise move "
+                         "the folder aside and start a new run.")
+    state.setdefault("epoch_seconds", [])
+    state.setdefault("resumed_at", [])
     return state
 
 def _new_state(config: dict) -> dict:

@@ -1,7 +1,12 @@
 """Appendix C2 (gcvit_nb.runs): atomic writes, the run directory, its lock, epoch commits, resume state."""
+import contextlib
 import errno
+import fcntl
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +124,19 @@ def test_foreign_folder_is_refused_and_left_alone(tmp_path):
         assert state["epoch"] == 0
 
 
+# --- issue 24: one writer per run directory, even across containers ---------------
+
+LOCK = ".gcvit-nb.lock"
+
+
+def _child():
+    "Where and how a child process runs so that it imports this gcvit_nb."
+    package_root = str(Path(runs.__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=path)
+    return dict(env=env, cwd=package_root)
+
+
 LOCK_HOLDER = """
 import sys, time
 from gcvit_nb import runs
@@ -127,36 +145,271 @@ with runs.run_directory(sys.argv[1], {"epochs": 1}):
     time.sleep(600)
 """
 
+FLOCK_HOLDER = """
+import fcntl, sys, time
+f = open(sys.argv[1], "a+")
+fcntl.flock(f, fcntl.LOCK_EX)
+f.seek(0)
+f.truncate()
+f.write(sys.argv[2])
+f.flush()
+print("HELD", flush=True)
+time.sleep(600)
+"""
+
+
+@contextlib.contextmanager
+def _held_by_another_process(path, text):
+    "A live process (not this one) holds an flock on `path`, whose text is `text`."
+    child = subprocess.Popen([sys.executable, "-c", FLOCK_HOLDER, str(path), text],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "HELD"
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _busy(run):
+    "The RunDirectoryBusy message for `run` (fails if the run is not refused)."
+    with pytest.raises(runs.RunDirectoryBusy) as e:
+        with runs.run_directory(run, {"epochs": 1}):
+            raise AssertionError("a second writer got the lock")
+    return str(e.value)
+
+
+def _taken(run):
+    "Open `run` for a run: it must be free."
+    with runs.run_directory(run, {"epochs": 1}) as state:
+        assert state["epoch"] == 0
+        assert (run / LOCK).read_text().split()[:2] == [str(os.getpid()),
+                                                         socket.gethostname()]
+    assert not (run / LOCK).exists()                     # released and removed
+
 
 @once
-def test_lock_refuses_a_second_run_and_recovers_a_stale_one(tmp_path):
-    import subprocess
-    import sys
+def test_lock_refuses_a_second_run_and_a_killed_holder_releases_it(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(run)],
+                              stdout=subprocess.PIPE, text=True, **_child())
     try:
         assert holder.stdout.readline().strip() == "LOCKED"
-        with pytest.raises(runs.RunDirectoryBusy, match=f"in use by process {holder.pid}"):
-            with runs.run_directory(run, {"epochs": 1}):
-                pass
+        msg = _busy(run)
+        assert f"in use by process {holder.pid} on {socket.gethostname()}" in msg
+        assert "started " in msg and str(run / LOCK) in msg
+        assert "Deleting the lock file does not stop that run" in msg
+        assert "delete" not in msg.replace("Deleting the lock file does not", "")
     finally:
-        holder.kill()                                        # a killed run leaves its lock behind
+        holder.kill()                          # SIGKILL: no clean-up code runs
         holder.wait()
-    assert (run / ".gcvit-nb.lock").read_text().split()[0] == str(holder.pid)
-    with runs.run_directory(run, {"epochs": 1}) as state:   # its process is gone: the lock is stale
-        assert state["epoch"] == 0
-        assert (run / ".gcvit-nb.lock").read_text().split()[0] == str(os.getpid())
-    assert not (run / ".gcvit-nb.lock").exists()
+    assert (run / LOCK).read_text().split()[0] == str(holder.pid)   # the file stays
+    _taken(run)                                # but the kernel released the lock
 
 
-def test_lock_from_another_host_is_never_taken(tmp_path):
+@once
+def test_a_lock_file_naming_this_pid_is_decided_by_the_live_lock(tmp_path):
+    """A container restarted as process 1 finds a lock file naming "process 1", itself;
+    a run in another PID namespace can have this process's id. Only the OS lock
+    counts."""
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".gcvit-nb.lock").write_text("4242 some-other-host\n")
-    with pytest.raises(runs.RunDirectoryBusy, match="some-other-host"):
+    me = f"{os.getpid()} {socket.gethostname()}\n"
+    with _held_by_another_process(run / LOCK, me):       # the same pid, another process
+        msg = _busy(run)
+        assert f"in use by process {os.getpid()} on {socket.gethostname()}" in msg
+    _taken(run)                                          # nobody holds it: take it
+    (run / LOCK).write_text(me)                          # left by a run with our pid
+    _taken(run)
+    (run / LOCK).write_text(f"1 {socket.gethostname()}\n")   # the restarted container
+    _taken(run)
+
+
+@once
+def test_a_holder_in_another_pid_namespace_is_refused(tmp_path):
+    "Its pid means nothing here (no such process on this host): still refused."
+    run = tmp_path / "run"
+    run.mkdir()
+    text = (f"999999999 {socket.gethostname()}\nstarted 2030-01-01 00:00:00 +0000\n"
+            "pid_namespace pid:[1234]\n")
+    with _held_by_another_process(run / LOCK, text):
+        msg = _busy(run)
+    assert f"in use by process 999999999 on {socket.gethostname()}" in msg
+    assert "another PID namespace (pid:[1234]" in msg
+    assert "started 2030-01-01 00:00:00 +0000" in msg
+    _taken(run)
+
+
+@once
+def test_a_lock_from_another_host_is_refused_while_held_only(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    with _held_by_another_process(run / LOCK, "4242 some-other-host\n"):
+        assert "in use by process 4242 on some-other-host" in _busy(run)
+    _taken(run)                  # the text alone decides nothing: nobody holds the lock
+
+
+def test_a_lock_held_through_another_open_file_of_this_process_refuses(tmp_path):
+    "flock belongs to an open file, not a process: a second open here is refused."
+    run = tmp_path / "run"
+    run.mkdir()
+    with open(run / LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert "in use by another process (it has not written its name" in _busy(run)
+    _taken(run)
+
+
+@once
+def test_a_lock_on_a_lock_file_removed_meanwhile_is_not_kept(tmp_path, monkeypatch):
+    "Lock, then verify: the file that was locked must still be the one the path names."
+    run = tmp_path / "run"
+    run.mkdir()
+    real, calls = runs._flock, []
+
+    def released_meanwhile(run_dir, path, fd):
+        calls.append(fd)
+        if len(calls) == 1:    # its holder removed the file we opened; a new one came
+            path.unlink()
+            path.write_text("")
+        return real(run_dir, path, fd)
+
+    monkeypatch.setattr(runs, "_flock", released_meanwhile)
+    with runs.run_directory(run, {}):
+        assert len(calls) == 2
+        with open(run / LOCK) as other:                  # we hold the file named LOCK
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+RACE = r"""
+import json, multiprocessing as mp, os, random, socket, sys, time
+from pathlib import Path
+from gcvit_nb import runs
+
+
+def preempt_randomly():
+    "Pause at random lines of gcvit_nb.runs, as a busy machine preempts a process."
+    rng = random.Random(os.getpid())
+
+    def pause(frame, event, arg):
+        if event == "line" and rng.random() < 0.2:
+            time.sleep(rng.random() * 0.002)
+        return pause
+
+    def tracer(frame, event, arg):
+        return pause if frame.f_code.co_filename == runs.__file__ else None
+
+    sys.settrace(tracer)
+
+
+def worker(run, trials, barrier, inside, peaks, holders, errors):
+    preempt_randomly()
+    for t in range(trials):
+        barrier.wait()
+        try:
+            with runs.run_directory(run, {}, resume=True):
+                with inside.get_lock():
+                    inside.value += 1
+                    peaks[t] = max(peaks[t], inside.value)
+                    holders[t] += 1
+                time.sleep(0.05)
+                with inside.get_lock():
+                    inside.value -= 1
+        except runs.RunDirectoryBusy:
+            pass
+        except Exception as e:
+            with errors.get_lock():
+                errors.value += 1
+            print(f"{type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        barrier.wait()
+
+
+if __name__ == "__main__":
+    run, n, trials = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(n + 1, timeout=120)
+    inside, errors = ctx.Value("i", 0), ctx.Value("i", 0)
+    peaks, holders = ctx.Array("i", trials), ctx.Array("i", trials)
+    args = (run, trials, barrier, inside, peaks, holders, errors)
+    procs = [ctx.Process(target=worker, args=args) for _ in range(n)]
+    for p in procs:
+        p.start()
+    run.mkdir(parents=True)
+    for t in range(trials):          # each trial starts from a lock left by a dead run
+        (run / ".gcvit-nb.lock").write_text(f"999999999 {socket.gethostname()}\n")
+        barrier.wait()
+        barrier.wait()
+    for p in procs:
+        p.join()
+    print("RESULT", json.dumps(dict(peaks=list(peaks), holders=list(holders),
+                                    errors=errors.value)))
+"""
+
+
+@once
+def test_racing_runs_never_hold_a_lock_together(tmp_path):
+    "8 processes race to take over a left-behind lock, 20 times: one holder at a time."
+    out = subprocess.run([sys.executable, "-c", RACE, str(tmp_path / "run"), "8", "20"],
+                         capture_output=True, text=True, timeout=400, **_child())
+    assert out.returncode == 0, out.stderr[-3000:]
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")][-1]
+    result = json.loads(line[len("RESULT "):])
+    together = [t for t, peak in enumerate(result["peaks"]) if peak > 1]
+    assert not together, f"two or more runs held the lock at once in trials {together}"
+    assert result["errors"] == 0, out.stderr[-3000:]
+    assert min(result["holders"]) >= 1, result         # and someone always got it
+
+
+def test_a_directory_where_the_lock_file_belongs_is_named(tmp_path):
+    run = tmp_path / "run"
+    (run / LOCK).mkdir(parents=True)
+    with pytest.raises(IsADirectoryError) as e:
         with runs.run_directory(run, {}):
             pass
+    msg = str(e.value)
+    assert f"{run / LOCK} is a directory" in msg and "lock file" in msg
+    assert "move it away" in msg and "another process" not in msg
+    assert (run / LOCK).is_dir() and sorted(p.name for p in run.iterdir()) == [LOCK]
+
+
+def test_a_link_where_the_lock_file_belongs_is_named(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".gcvit-nb-run").write_text("{}")          # a run directory, whose lock
+    (run / LOCK).symlink_to(tmp_path / "elsewhere")   # file was replaced by a link
+    with pytest.raises(OSError, match="is a symbolic link") as e:
+        with runs.run_directory(run, {}):
+            pass
+    assert str(tmp_path / "elsewhere") in str(e.value)
+    assert not (tmp_path / "elsewhere").exists()         # nothing created through it
+
+
+def test_a_dangling_symlink_output_is_named_with_its_target(tmp_path):
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "gone" / "runs")
+    for output in (link, link / "run1"):
+        with pytest.raises(FileNotFoundError) as e:
+            with runs.run_directory(output, {}):
+                pass
+        msg = str(e.value)
+        assert f"{link}" in msg and "File exists" not in msg
+        assert f"dangling symbolic link to {tmp_path / 'gone' / 'runs'}" in msg
+        assert "choose another output directory" in msg
+    relative = tmp_path / "rel"
+    relative.symlink_to("missing")
+    with pytest.raises(FileNotFoundError, match=r"to missing \(that is, .*missing\)"):
+        with runs.run_directory(relative, {}):
+            pass
+    assert not (tmp_path / "gone").exists() and not (tmp_path / "missing").exists()
+
+
+def test_without_fcntl_the_message_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(runs, "fcntl", None)
+    with pytest.raises(OSError) as e:
+        with runs.run_directory(tmp_path / "run", {}):
+            pass
+    assert "fcntl.flock" in str(e.value) and "WSL" in str(e.value)
+    assert not (tmp_path / "run" / LOCK).exists()
 
 
 def test_best_last_and_checkpoint_are_independent_files(tmp_path):
@@ -211,6 +464,79 @@ def test_state_without_config_or_corrupt_is_a_clear_error(tmp_path, mini_run):
             pass
     assert not (run / ".gcvit-nb.lock").exists()             # refused, and the lock released
 
+
+# (field, bad value, the expected type as the message says it, its JSON type)
+BAD_FIELDS = [
+    ("config", ["epochs", 1], "an object (the run's settings)", "a list"),
+    ("format", "2", "an integer", "a string"),
+    ("epoch", "1", "an integer >= 0", "a string"),
+    ("epoch", -1, "an integer >= 0", "an integer"),
+    ("epoch", True, "an integer >= 0", "true/false"),
+    ("checkpoint", 1, "null or a path inside the run directory", "an integer"),
+    ("checkpoint", "/etc/passwd", "null or a path inside the run", "a string"),
+    ("checkpoint", "../run2/epoch_1.keras", "null or a path inside the run", "a string"),
+    ("history", [], "an object of lists of numbers", "a list"),
+    ("history", {"loss": "0.5"}, "an object of lists of numbers", "an object"),
+    ("best", None, 'an object with "epoch"', "null"),
+    ("best", {"epoch": "1", "val_mae": 0.5}, 'an object with "epoch"', "an object"),
+    ("epoch_seconds", {"1": 2.0}, "a list of numbers", "an object"),
+    ("resumed_at", [1.5], "a list of integers", "a list"),
+    ("rng_state", "seed", "a list", "a string"),
+]
+
+
+@once
+@pytest.mark.parametrize("field,value,expected,got", BAD_FIELDS,
+                         ids=[f"{f}={v!r}" for f, v, *_ in BAD_FIELDS])
+def test_state_with_a_wrong_field_type_is_refused_on_open(tmp_path, mini_run, field,
+                                                          value, expected, got):
+    run = _copy(mini_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    state[field] = value
+    (run / "state.json").write_text(json.dumps(state))
+    entered = []
+    with pytest.raises(ValueError) as e:
+        with runs.run_directory(run, {"epochs": 1}, resume=True):
+            entered.append(True)                         # training would start here
+    msg = str(e.value)
+    assert not entered and not (run / LOCK).exists()
+    assert str(run / "state.json") in msg
+    assert f"the field `{field}` should be {expected}" in msg
+    assert f"but it is {got}: {json.dumps(value)}" in msg
+    assert "Correct that field" in msg and "start a new run" in msg
+    with pytest.raises(ValueError, match=f"the field `{field}` should be"):
+        runs.read_state(run)
+
+
+@once
+def test_state_whose_epochs_have_no_checkpoint_is_refused(tmp_path, mini_run):
+    run = _copy(mini_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    state["checkpoint"] = None
+    (run / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError, match="`checkpoint` should name the checkpoint of "
+                                         "epoch 1"):
+        with runs.run_directory(run, {"epochs": 1}, resume=True):
+            raise AssertionError("opened")
+
+
+@once
+def test_a_valid_state_passes_and_old_optional_fields_default(tmp_path, mini_run):
+    run = _copy(mini_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    assert runs.read_state(run) == state           # what RunCheckpoint writes fits
+    for optional in ("format", "epoch_seconds", "resumed_at", "rng_state"):
+        del state[optional]
+    (run / "state.json").write_text(json.dumps(state))
+    st = runs.read_state(run)
+    assert st["epoch_seconds"] == [] and st["resumed_at"] == []
+
+
+def test_a_newer_state_format_asks_for_an_upgrade_before_checking_fields(tmp_path):
+    (tmp_path / "state.json").write_text(json.dumps({"format": 3, "config": {},
+                                                     "epoch": {"done": 2}}))
+    with pytest.raises(ValueError, match="written by a newer gcvit-nb .state format 3"):
+        runs.read_state(tmp_path)
 
 @once
 def test_truncated_checkpoint_on_resume_is_a_clear_error(tmp_path, mini_run):
