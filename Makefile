@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-readme test-gpu check-install clean-nbs clean
+.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-readme test-colab test-gpu clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -40,7 +40,7 @@ book: export data book-deps
 	$(BIN)/jupyter-book build . --path-output _build/book
 	@echo "Book built: $(abspath _build/book/_build/html/index.html)"
 
-## test: hygiene, unit tests on three backends, nbval on every notebook (smoke), the book as
+## test: hygiene, unit tests on three backends, nbval on every notebook (smoke, as Colab), the book as
 ## `make book` builds it (default profile) checked in Chromium, and README.md run as printed
 test: test-hygiene test-units test-nbval test-book test-readme
 	@echo "All checks passed."
@@ -56,8 +56,11 @@ test-units: setup data
 	  [ $$rc = 0 ] || exit $$rc; \
 	done
 
-test-nbval: setup data
-	GCVIT_SMOKE=1 $(VPY) -m pytest -q -p no:cacheprovider --nbval-lax --nbval-cell-timeout=1800 nbs/*.ipynb
+## test-nbval: every notebook through nbval at smoke sizes, as Colab runs it (tools/check_colab.py: the
+## installed wheel, no source tree, no Debian datasets, hub and tfds on loopback, the gpu code path)
+test-nbval: test-colab
+test-colab: setup data
+	$(VPY) tools/check_colab.py
 
 ## test-book: the user's `make book` (whatever profile the environment picks: cpu here), then its HTML
 ## checked and two pages opened in Chromium
@@ -74,9 +77,6 @@ test-readme: setup
 ## test-gpu: the GPU run (.ci/run-gpu): CUDA builds in .venv-gpu, GPU unit tests and every notebook per backend
 test-gpu:
 	bash .ci/run-gpu
-
-## check-install: the README check alone (fresh venvs, the wheel of HEAD, no source tree)
-check-install: test-readme
 
 clean-nbs: setup
 	$(BIN)/nbdev_clean

@@ -93,7 +93,7 @@ _PUBLIC = {
     "run_benchmark": "benchmark",
 }
 
-__all__ = ["__version__", *_PUBLIC]
+__all__ = ["__version__", "MissingExtra", *_PUBLIC]
 
 
 def __getattr__(name):

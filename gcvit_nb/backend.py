@@ -64,15 +64,23 @@ def detect_profile(environ=None) -> str:
 # %% ../nbs/00_backend.ipynb #92330e2f
 @dataclass(frozen=True)
 class Profile:
-    "How much work a chapter does: `smoke` (CI), `cpu` (reduced) or `gpu` (full)."
+    """How much work a chapter does: `smoke` (CI), `cpu` (reduced) or `gpu` (full).
+    `name` picks the code path; `sizes`, when set, the sizes `pick` returns."""
     name: str
+    sizes: str = ""
+
     def __post_init__(self):
-        if self.name not in PROFILES:
-            raise ValueError(f"Unknown profile {self.name!r}; "
-                             f"use one of {', '.join(PROFILES)}.")
+        for value in (self.name, self.sizes or self.name):
+            if value not in PROFILES:
+                raise ValueError(f"Unknown profile {value!r}; "
+                                 f"use one of {', '.join(PROFILES)}.")
+
     def pick(self, smoke, cpu, gpu):
         "The setting for this profile: `epochs = PROFILE.pick(smoke=1, cpu=3, gpu=5)`."
-        return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[self.name]
+        return {"smoke": smoke, "cpu": cpu, "gpu": gpu}[self.sizes or self.name]
+
+    def __str__(self):
+        return self.name + (f" (at {self.sizes} sizes)" if self.sizes else "")
 
 def active_profile(environ=None) -> Profile:
     """The profile for this process (see `detect_profile`). With
@@ -84,7 +92,9 @@ def active_profile(environ=None) -> Profile:
             f"GCVIT_REQUIRE_ACCELERATOR is set, but the Keras backend {backend!r} "
             f"sees no GPU or TPU. Install {backend} with accelerator support (and "
             f"check the driver), or unset GCVIT_REQUIRE_ACCELERATOR to use the CPU.")
-    return Profile(detect_profile(env))
+    name = detect_profile(env)
+    smoke_sizes = _on(env.get("GCVIT_SMOKE")) and name != "smoke"
+    return Profile(name, "smoke" if smoke_sizes else "")
 
 # %% ../nbs/00_backend.ipynb #d218953b
 def runtime_summary(profile=None) -> str:
@@ -94,7 +104,7 @@ def runtime_summary(profile=None) -> str:
     bver = getattr(__import__(backend), "__version__", "?")   # the module's name
     profile = profile or active_profile()
     return (f"gcvit-nb {__version__} | keras {keras.__version__} | "
-            f"backend {backend} {bver} | profile {profile.name}")
+            f"backend {backend} {bver} | profile {profile}")
 
 # %% ../nbs/00_backend.ipynb #b0a1d002
 _PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")

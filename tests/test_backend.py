@@ -496,19 +496,59 @@ def test_predictor_refuses_multi_output_models():
         backend.Predictor(features)
 
 
-def test_importing_the_package_first_keeps_jax_out_of_a_torch_process():
+def test_importing_the_package_leaves_other_imports_alone():
+    "No import hooks of ours, and Keras imports JAX exactly as it would without us."
     import importlib.util
     import os
     import subprocess
     import sys
-    code = "import sys, gcvit_nb, keras; print(keras.backend.backend(), 'jax' in sys.modules)"
+    code = ("import sys, gcvit_nb, keras; hooks = [type(f).__module__ for f in "
+            "sys.meta_path + sys.path_hooks]; print(keras.backend.backend(), "
+            "not any(h.startswith('gcvit_nb') for h in hooks), 'jax' in sys.modules)")
     env = {**os.environ, "KERAS_BACKEND": "torch"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split()[-2:] == ["torch", "False"]
-    if importlib.util.find_spec("jax"):             # and JAX still imports afterwards
-        code2 = "import gcvit_nb, keras, jax; print(jax.numpy.ones(2).sum())"
-        out = subprocess.run([sys.executable, "-c", code2], env=env, capture_output=True, text=True, check=True)
-        assert out.stdout.split()[-1] == "2.0"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True)
+    has_jax = importlib.util.find_spec("jax") is not None
+    without = subprocess.run([sys.executable, "-c",
+                              "import sys, keras; print('jax' in sys.modules)"],
+                             env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split()[-3:] == ["torch", "True", without.stdout.split()[-1]]
+    assert without.stdout.split()[-1] == str(has_jax)
+
+
+def test_a_saved_model_reloads_after_importing_the_package(tmp_path):
+    "A .keras file written by the package opens in a fresh process after `import gcvit_nb`."
+    import os
+    import subprocess
+    import sys
+    import keras
+    from gcvit_nb.model import GCViT
+    model = GCViT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
+                  window_size=(2, 2, 2, 2), input_shape=(64, 64, 3), num_classes=3)
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    want = keras.ops.convert_to_numpy(model(x))
+    code = ("import sys, numpy as np, gcvit_nb, keras; "
+            "m = keras.models.load_model(sys.argv[1]); "
+            "np.save(sys.argv[3], keras.ops.convert_to_numpy(m(np.load(sys.argv[2]))))")
+    subprocess.run([sys.executable, "-c", code, str(path), str(tmp_path / "x.npy"),
+                    str(tmp_path / "y.npy")], check=True, capture_output=True, text=True,
+                   env={**os.environ, "KERAS_BACKEND": keras.backend.backend()})
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"), want, atol=1e-5)
+
+
+def test_a_missing_backend_names_its_extra():
+    import os
+    import subprocess
+    import sys
+    code = ("import sys; sys.modules['jax'] = None; import gcvit_nb")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "KERAS_BACKEND": "jax"})
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "gcvit_nb.MissingExtra" in last and 'pip install "gcvit-nb[jax]"' in last
 
 
 def test_jax_compilation_cache_switch(tmp_path, monkeypatch):

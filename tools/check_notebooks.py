@@ -3,10 +3,13 @@
 1. Notebooks under nbs/ are committed without outputs (nbval and the book build execute them).
 2. gcvit_nb/ is exactly what `nbdev_export` makes from the notebooks: the export runs in a scratch copy
    of the project and every generated module is compared with the committed one.
+3. Every chapter opens in Colab at, and installs, the version the book is built from: its Colab badge
+   and its install cell name the tag `v<version>` of settings.ini (so does _config.yml's branch).
 Exits non-zero, naming each problem, when either check fails.
 """
 import filecmp
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +37,32 @@ def notebooks_with_outputs(nbs_dir: Path):
     return problems
 
 
+def version_pins(nbs_dir: Path):
+    "Problems with the Colab badges and install cells that do not name this version's tag."
+    import configparser
+    cfg = configparser.ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini", encoding="utf-8")
+    tag = "v" + cfg["DEFAULT"]["version"]
+    install = re.compile(r'"gcvit-nb\[[\w,]+\] @ git\+https://github\.com/gcvit-nb/gcvit-nb@'
+                         + re.escape(tag) + '"')
+    badge = f"colab.research.google.com/github/gcvit-nb/gcvit-nb/blob/{tag}/nbs/"
+    problems = []
+    for path in sorted(nbs_dir.glob("*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = ["".join(c["source"]) for c in nb.get("cells", [])]
+        setup = [c for c in cells if 'if "google.colab" in sys.modules:' in c]
+        name = path.relative_to(ROOT)
+        if not setup or not install.search(setup[0]):
+            problems.append(f"{name}: no Colab install cell that installs "
+                            f'"gcvit-nb[EXTRA] @ git+...@{tag}"')
+        if path.stem != "index" and not any(badge + path.name in c for c in cells):
+            problems.append(f"{name}: no Colab badge that opens {badge}{path.name}")
+    config = (ROOT / "_config.yml").read_text()
+    if not re.search(rf"^\s*branch:\s*{re.escape(tag)}\b", config, re.M):
+        problems.append(f"_config.yml: repository branch is not {tag}")
+    return problems
+
+
 def export_differences():
     nbdev_export = Path(sys.executable).with_name("nbdev_export")
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,7 +84,8 @@ def export_differences():
 
 
 if __name__ == "__main__":
-    problems = notebooks_with_outputs(ROOT / "nbs") + export_differences()
+    problems = (notebooks_with_outputs(ROOT / "nbs") + version_pins(ROOT / "nbs")
+                + export_differences())
     for p in problems:
         print("FAIL", p)
     if problems:

@@ -98,6 +98,7 @@ def environment(work: Path, venv: Path, endpoint: str) -> dict:
         HOME=str(work / "home"), HF_ENDPOINT=endpoint, HF_HOME=str(work / "hf"),
         TFDS_DATA_DIR=str(work / "tfds"), KERAS_HOME=str(work / "keras"),
         MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="2", PIP_DISABLE_PIP_VERSION_CHECK="1",
+        PIP_CACHE_DIR=env.get("PIP_CACHE_DIR") or str(Path.home() / ".cache" / "pip"),
         PIP_CONSTRAINT=str(ROOT / ".ci" / "constraints.txt"),
         GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0=f"url.{ROOT.as_uri()}.insteadOf",
         GIT_CONFIG_VALUE_0=GIT_URL)
