@@ -1,4 +1,5 @@
-"""Fine-tuning (Part II): FinetuneConfig, a whole run, interruption and resume, NaN, CLI, data parallelism.
+"""Fine-tuning (Part II): FinetuneConfig, a whole run, interruption and resume, NaN, CLI, data parallelism, the
+warmup-cosine schedule (Keras' own), run directories that reload in a fresh Python.
 
 Runs on the active Keras backend (KERAS_BACKEND=tensorflow|jax|torch) with a tiny GCViT at 48×48 on a
 generated image folder (see _training.py for how compilation is kept cheap).
@@ -253,12 +254,48 @@ def test_precision_comes_from_the_backend_module():
         ft.pick_precision("float8")
 
 
-def test_warmup_cosine_schedule_round_trips():
-    s = ft.WarmupCosine(1e-3, 100, 10)
-    assert abs(float(s(9)) - 1e-3) < 1e-9 and abs(float(s(100)) - 1e-5) < 1e-9
-    assert float(s(0)) < float(s(5)) < float(s(9)) and float(s(50)) < 1e-3
-    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(s))
+def test_warmup_cosine_is_keras_cosine_decay():
+    "Issue 23: the schedule is Keras' own CosineDecay (no class of ours): warmup from 0, cosine to 1 %."
+    s = ft.warmup_cosine(1e-3, 100, 10)
+    assert type(s) is keras.optimizers.schedules.CosineDecay
+    assert float(s(0)) == 0.0 and abs(float(s(5)) - 5e-4) < 1e-9 and abs(float(s(10)) - 1e-3) < 1e-9
+    assert float(s(10)) > float(s(50)) > float(s(99)) and abs(float(s(100)) - 1e-5) < 1e-9
+    assert abs(float(s(500)) - 1e-5) < 1e-9                                      # stays at the floor
+    assert abs(float(ft.warmup_cosine(1e-3, 10)(0)) - 1e-3) < 1e-9              # no warmup: the peak at once
+    config = keras.optimizers.schedules.serialize(s)
+    assert config["module"] == "keras.optimizers.schedules" and config["class_name"] == "CosineDecay"
+    again = keras.optimizers.schedules.deserialize(config)
     assert again.get_config() == s.get_config()
+    assert not hasattr(ft, "WarmupCosine")
+
+
+RELOAD_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    import gcvit_nb, keras                       # nothing else: no finetune module, no custom objects
+    model = keras.models.load_model(sys.argv[1])  # compile=True: the optimizer and its schedule too
+    logits = model.predict(np.zeros((2, 48, 48, 3), "float32"), verbose=0)
+    schedule = keras.optimizers.schedules.serialize(model.optimizer._learning_rate)
+    print("RESULT", json.dumps(dict(shape=list(logits.shape), finite=bool(np.isfinite(logits).all()),
+                                    schedule=schedule["class_name"], optimizer=type(model.optimizer).__name__,
+                                    finetune="gcvit_nb.finetune" in sys.modules)))
+""")
+
+
+def test_run_directory_reloads_in_a_fresh_python(straight):
+    """Issue 23: a run's best.keras and last.keras load with `import gcvit_nb, keras; keras.models.load_model`
+    alone, in a new process on this backend, optimizer included, and predict. (With the old WarmupCosine
+    schedule this failed: the class was registered only by importing gcvit_nb.finetune.)"""
+    import json
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3")
+    for name in ("best.keras", "last.keras"):
+        proc = subprocess.run([sys.executable, "-c", RELOAD_SCRIPT, str(Path(straight["run_dir"]) / name)],
+                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+        assert proc.returncode == 0 and lines, (name, proc.stderr[-3000:])
+        result = json.loads(lines[-1][len("RESULT "):])
+        assert result == dict(shape=[2, 3], finite=True, schedule="CosineDecay", optimizer="AdamW",
+                              finetune=False), (name, result)
 
 
 DP_SCRIPT = textwrap.dedent("""
