@@ -2,11 +2,20 @@
 
 # %% auto #0
 __all__ = ['machine_info', 'machine_label', 'ReferenceUnavailable', 'find_reference_python', 'check_reference', 'run_benchmark',
-           'summarize_runs', 'format_results', 'run_sweep', 'format_sweep', 'plot_sweep', 'bench_cli']
+           'summarize_runs', 'format_results', 'run_sweep', 'format_sweep', 'plot_sweep', 'measure']
 
 # %% ../nbs/16_benchmark.ipynb #9261f168
-import argparse, importlib.util, json, os, platform, re, shutil, subprocess, sys
-import itertools, tempfile, time
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -154,15 +163,17 @@ def _check_options(model, size, backends, reference, mode, precision, paths, cou
     model_spec(model)       # an unknown model name fails here, before any child runs
 
 def run_benchmark(model: str = "gcvit_xxtiny", image_size=224, batch_size: int = 8,
-                  backends=BACKENDS, reference="timm", mode: str = "both",
+                  backends=None, reference="timm", mode: str = "both",
                   threads: int = 2, repeats: int = 10, warmup: int = 2, paths="all",
                   reference_python=None, seed: int = 0, timeout: float = 1800,
                   rounds: int = 1, precision: str = "float32", log=print) -> dict:
     """Time the Keras GCViT on each backend (and timm's: `reference="timm"`), one
-    process per measurement, same weights and batch. `paths`: "all", "best" or names."""
+    process per measurement, same weights and batch. `paths`: "all", "best" or names;
+    `backends`: None for every one installed."""
     size = [image_size] * 2 if np.isscalar(image_size) else list(image_size)
     reference = None if reference in (None, "", "none") else reference
-    backends = list(backends)
+    backends = (list(backends) if backends is not None else
+                [b for b in BACKENDS if importlib.util.find_spec(b)])
     counts = dict(batch_size=(batch_size, 1), threads=(threads, 1), warmup=(warmup, 0),
                   repeats=(repeats, 1), rounds=(rounds, 1), timeout=(timeout, 1),
                   seed=(seed, 0))
@@ -347,72 +358,28 @@ def plot_sweep(sweep: dict, mode=None):
     fig.suptitle(f"{c['model']}, {mode} | {machine_label(sweep['machine'])}", size=9)
     return fig
 
-def _ints(text: str) -> list:          # '224,384' -> [224, 384]
-    return [int(t) for t in text.split(",")]
-_ints.__name__ = "comma-separated integers"
-
-def _bench_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gcvit-nb bench", description="Time the Keras "
-                                "GCViT on each backend and timm's (same weights); size "
-                                "lists: a sweep over every (image, batch) pair.")
-    p.add_argument("--model", default="gcvit_xxtiny", help="a variant, or gcvit_smoke")
-    p.add_argument("--image-size", type=_ints, default=224, help="side: 224 or 224,384")
-    p.add_argument("--batch-size", type=_ints, default=8, help="images: 8 or 1,8,32")
-    p.add_argument("--backends", help="comma-separated (default: those installed)")
-    p.add_argument("--reference", default="timm", choices=("timm", "none"))
-    p.add_argument("--reference-python", default=None, metavar="PATH",
-                   help="Python with torch + timm (default: $GCVIT_REFERENCE_PYTHON)")
-    p.add_argument("--mode", default="both", choices=("infer", "train", "both"))
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for every side")
-    p.add_argument("--repeats", type=int, default=10, help="timed runs after warm-up")
-    p.add_argument("--warmup", type=int, default=2, help="untimed runs after the first")
-    p.add_argument("--paths", default="all", help="'all', 'best' (the standard one) or "
-                   "comma-separated names, e.g. tf_function,torch_compile")
-    p.add_argument("--precision", default="float32", choices=("float32", "bfloat16"))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=1800, help="seconds per child")
-    p.add_argument("--rounds", type=int, default=1, help="measure it all ROUNDS times; "
-                   "keep each measurement's fastest round (shared machines)")
-    p.add_argument("--smoke", action="store_true", help="seconds: gcvit_smoke 32x32, "
-                   "batch 2, inference, one run, no reference (explicit options win)")
-    p.add_argument("--json", metavar="OUT", help="write all figures to OUT")
-    return p
-
-def bench_cli(argv=None) -> int:
-    "`gcvit-nb bench`: run, print the table, write the JSON. 0 when every run worked."
-    parser, argv = _bench_parser(), list(sys.argv[1:] if argv is None else argv)
-    if "--smoke" in argv:
-        parser.set_defaults(model="gcvit_smoke", image_size=32, batch_size=2, repeats=1,
-                            warmup=0, paths="best", reference="none", mode="infer")
-    kw = vars(parser.parse_args(argv))        # option names = run_benchmark's arguments
-    out, _ = kw.pop("json"), kw.pop("smoke")
-    try:                                      # an unwritable --json fails first
-        out and Path(out).parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        print(f"gcvit-nb bench: error: cannot write {out}: {e}", file=sys.stderr)
-        return 2
-    split = lambda text: [x.strip() for x in text.split(",") if x.strip()]
-    kw["backends"] = ([b for b in BACKENDS if importlib.util.find_spec(b)]
-                      if kw["backends"] is None else split(kw["backends"]))
-    kw["paths"] = kw["paths"] if kw["paths"] in ("all", "best") else split(kw["paths"])
-    sizes, batches = ([v] if isinstance(v, int) else v
-                      for v in (kw.pop("image_size"), kw.pop("batch_size")))
-    kw["log"] = lambda s: print(s, file=sys.stderr)
-    try:        # one value each: one point and today's result; lists: a sweep
-        results = (run_sweep(sizes, batches, **kw) if len(sizes) * len(batches) > 1
-                   else run_benchmark(image_size=sizes[0], batch_size=batches[0], **kw))
-    except (ValueError, RuntimeError) as e:
-        print(f"gcvit-nb bench: error: {e}", file=sys.stderr)
-        return 2
-    print(format_results(results) if "runs" in results else format_sweep(results))
-    if out:
+def measure(image_size=224, batch_size=8, json_path=None, log=print, show=print,
+            **options) -> dict:
+    """`run_benchmark` at one point, or `run_sweep` when a size is a list of several;
+    each table to `show`, then every figure to `json_path` (atomically; a folder that
+    cannot be made fails first, as ValueError). What `gcvit-nb bench` runs."""
+    sizes, batches = ([v] if np.isscalar(v) else list(v)
+                      for v in (image_size, batch_size))
+    if json_path:
+        try:
+            Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"cannot write {json_path}: {e}") from e
+    if len(sizes) * len(batches) > 1:
+        results = run_sweep(sizes, batches, log=log, show=show, **options)
+        show(format_sweep(results))
+    else:
+        results = run_benchmark(image_size=sizes[0], batch_size=batches[0], log=log,
+                                **options)
+        show(format_results(results))
+    if json_path:
         from gcvit_nb.runs import atomic_write
         text = json.dumps(results, indent=1) + "\n"
-        try:
-            atomic_write(out, lambda tmp: Path(tmp).write_text(text))
-        except OSError as e:
-            print(f"gcvit-nb bench: error: could not write {out}: {e}", file=sys.stderr)
-            return 1
-        print(f"wrote {out}")
-    runs = [r for point in results.get("points", [results]) for r in point["runs"]]
-    return 0 if all(r.get("ok") for r in runs) else 1
+        atomic_write(json_path, lambda tmp: Path(tmp).write_text(text))
+        show(f"wrote {json_path}")
+    return results

@@ -2,14 +2,14 @@
 
 # %% auto #0
 __all__ = ['FORMATS', 'RUNTIMES', 'EXPORTERS', 'ExportUnsupported', 'ExportVerificationError', 'normalise_format',
-           'check_supported', 'replace_erfc', 'load_artifact', 'verify_artifact', 'artifact_size', 'ExportResult',
-           'keras_logits', 'write_artifact', 'export_model', 'sample_images', 'load_for_export', 'export_cli']
+           'check_supported', 'check_installed', 'replace_erfc', 'load_artifact', 'verify_artifact', 'artifact_size',
+           'ExportResult', 'keras_logits', 'write_artifact', 'export_model', 'sample_images', 'load_for_export',
+           'convert_checkpoint']
 
 # %% ../nbs/14_deploy.ipynb #2a96a073
-import argparse
+import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import keras
 
+from . import missing_extra
 from .backend import export_mode
 
 # %% ../nbs/14_deploy.ipynb #d7640ecc
@@ -77,6 +78,29 @@ def check_supported(fmt: str, backend: str | None = None) -> str:
         f"{' or '.join(good)} backend instead, e.g. `KERAS_BACKEND={good[0]} gcvit-nb "
         f"export ... --format {fmt}`; the weights are the same on every backend.")
 
+# what writing each format imports (Keras' exporter; for ONNX also the Erfc rewrite
+# below) and what running it imports ("a|b": either); pip names that differ
+_WRITES = {"saved_model": ("tensorflow",), "onnx": ("tensorflow", "tf2onnx", "onnx"),
+           "litert": ("tensorflow",), "openvino": ("openvino",)}
+_RUNS = {"saved_model": ("tensorflow",), "onnx": ("onnxruntime",),
+         "litert": ("ai_edge_litert|tensorflow",), "openvino": ("openvino",)}
+_TITLES = {"saved_model": "SavedModel", "onnx": "ONNX", "litert": "LiteRT",
+           "openvino": "OpenVINO"}
+_PIP_NAMES = {"ai_edge_litert": "ai-edge-litert", "skimage": "scikit-image"}
+
+
+def check_installed(fmt: str, write: bool = True, photos: bool = False) -> str:
+    """Raise gcvit_nb.MissingExtra, naming the `export` extra, unless what writes
+    (`write`) and runs `fmt` is installed, and scikit-image for the `photos`."""
+    fmt = normalise_format(fmt)
+    needs = (_WRITES[fmt] if write else ()) + _RUNS[fmt]
+    for need in needs + (("skimage",) if photos else ()):
+        names = need.split("|")
+        if all(importlib.util.find_spec(name) is None for name in names):
+            purpose = f"{_TITLES[fmt]} {'export' if write else 'inference'}"
+            raise missing_extra(_PIP_NAMES.get(names[0], names[0]), "export", purpose)
+    return fmt
+
 # %% ../nbs/14_deploy.ipynb #fa294c83
 def replace_erfc(onnx_path) -> int:
     "Rewrite every ONNX `Erfc(z)` node as `1 - Erf(z)` in place; returns how many."
@@ -115,7 +139,7 @@ def _litert_interpreter(path, threads):
 
 def load_artifact(path, fmt: str, threads: int | None = None):
     "Load an exported artifact in its own runtime -> `run(images) -> logits` (NumPy)."
-    fmt, path = normalise_format(fmt), Path(path)
+    fmt, path = check_installed(fmt, write=False), Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No {fmt} artifact at {path}.")
     if fmt == "saved_model":
@@ -233,6 +257,15 @@ class ExportResult:
     seconds: float
     size_bytes: int
     max_abs_diff: float
+    n_images: int = 3
+
+    def summary(self) -> str:
+        "One line: what was written, from which backend, and how it was verified."
+        (h, w), n = self.image_size, self.n_images
+        return (f"wrote {self.path} ({self.format}, {self.size_bytes / 1e6:.1f} MB) from "
+                f"the {self.backend} backend in {self.seconds:.1f} s; verified in "
+                f"{RUNTIMES[self.format]}: max |diff| {self.max_abs_diff:.1e} on {n} "
+                f"photos at {h}x{w}, batch {n} and 1")
 
 
 def _float32_model(model):
@@ -272,6 +305,7 @@ def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
     the Keras logits on `images` (default: three photos); written to a temporary path
     and renamed into place only when the check passes."""
     fmt, path, backend = check_supported(fmt), Path(path), keras.backend.backend()
+    check_installed(fmt, photos=images is None)     # before any slow work
     _check_destination(path, fmt)
     model = _float32_model(model)
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
@@ -305,7 +339,7 @@ def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
         _publish(tmp, path, fmt, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    return ExportResult(path, fmt, backend, size, seconds, nbytes, diff)
+    return ExportResult(path, fmt, backend, size, seconds, nbytes, diff, len(images))
 
 # %% ../nbs/14_deploy.ipynb #cbda050a
 def sample_images(size: int = 224) -> np.ndarray:
@@ -317,7 +351,9 @@ def sample_images(size: int = 224) -> np.ndarray:
 
 # %% ../nbs/14_deploy.ipynb #8fab8d45
 def load_for_export(name=None, weights=None, image_size=None, random_weights=False):
-    "The model `gcvit-nb export` exports (see the CLI's help for the rules)."
+    """A .keras model or a run directory (its best.keras) in `weights`, else variant
+    `name` with `weights` (a checkpoint; default: its pretrained one); resized to
+    `image_size` if given."""
     from gcvit_nb.pretrained import create_model  # also registers GCViT for load_model
     if weights is not None:
         weights = Path(weights)
@@ -342,46 +378,33 @@ def load_for_export(name=None, weights=None, image_size=None, random_weights=Fal
         model = resize_model(model, (image_size, image_size, 3))
     return model
 
+# %% ../nbs/14_deploy.ipynb #55d9a8c9
+def convert_checkpoint(checkpoint, output, variant: str) -> int:
+    """Write the timm/official `checkpoint` as Keras weights of `variant` to `output`
+    (a .weights.h5 path), verified by reloading; returns its number of classes."""
+    from gcvit_nb.checkpoints import (describe_checkpoint, read_checkpoint,
+                                      to_timm_layout)
+    from gcvit_nb.pretrained import create_model
+    from gcvit_nb.runs import atomic_write
+    state = to_timm_layout(read_checkpoint(checkpoint))
+    classes = describe_checkpoint(state)["num_classes"] or 1000
+    model = create_model(variant, pretrained=checkpoint, num_classes=classes)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, *model.gcvit_config["input_shape"])).astype("float32")
+    expected = model.predict(x, verbose=0)
 
-def _parser():
-    p = argparse.ArgumentParser(
-        prog="gcvit-nb export",
-        description="Export a GCViT model, verified in the format's own runtime.")
-    p.add_argument("--model", help="variant name, e.g. gcvit_xxtiny")
-    p.add_argument("--weights", help="checkpoint file, .keras model or fine-tuning run "
-                   "directory (default: the variant's pretrained weights)")
-    p.add_argument("--random-weights", action="store_true",
-                   help="export randomly initialised weights (for trying the pipeline)")
-    p.add_argument("--format", required=True, help=f"one of {', '.join(FORMATS)}")
-    p.add_argument("--out", required=True, help="output path (.xml for openvino)")
-    p.add_argument("--image-size", type=int,
-                   help="square input size (default: the model's)")
-    p.add_argument("--atol", type=float, default=1e-4,
-                   help="largest allowed |artifact - Keras| logit difference")
-    p.add_argument("--threads", type=int, help="runtime threads for the check")
-    return p
-
-
-def export_cli(argv=None) -> int:
-    "`gcvit-nb export ...`: 0 = verified artifact written, 1 = failed, 2 = refused."
-    args = _parser().parse_args(argv)
-    try:
-        fmt = check_supported(args.format)
-        if args.image_size is not None and args.image_size < 32:
-            raise ValueError(f"--image-size must be >= 32 (got {args.image_size}).")
-        model = load_for_export(args.model, args.weights, args.image_size,
-                                args.random_weights)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"gcvit-nb export: {e}", file=sys.stderr)
-        return 2
-    try:
-        r = export_model(model, args.out, fmt, atol=args.atol, threads=args.threads)
-    except (ExportVerificationError, FileExistsError, ValueError, OSError) as e:
-        print(f"gcvit-nb export: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {r.path} ({r.format}, {r.size_bytes / 1e6:.1f} MB) from the "
-          f"{r.backend} backend in {r.seconds:.1f} s; verified in "
-          f"{RUNTIMES[r.format]}: max |diff| "
-          f"{r.max_abs_diff:.1e} on 3 photos at {r.image_size[0]}x{r.image_size[1]}, "
-          "batch 3 and 1")
-    return 0
+    def write(tmp):
+        h5 = f"{tmp}.weights.h5"
+        try:
+            model.save_weights(h5)
+            check = create_model(variant, num_classes=classes)
+            check.load_weights(h5)
+            if not np.array_equal(expected, check.predict(x, verbose=0)):
+                raise ValueError("the converted weights do not reproduce the model's "
+                                 "outputs; nothing was written")
+            os.replace(h5, tmp)
+        finally:
+            if os.path.exists(h5):
+                os.remove(h5)
+    atomic_write(output, write)
+    return classes

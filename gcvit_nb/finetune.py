@@ -2,13 +2,12 @@
 
 # %% auto #0
 __all__ = ['build_classifier', 'warmup_cosine', 'make_optimizer', 'compile_for_finetuning', 'FinetuneConfig', 'load_run_model',
-           'finetune', 'finetune_cli']
+           'finetune', 'describe_run']
 
 # %% ../nbs/12_finetune.ipynb #a4c39218
-import argparse
 import dataclasses
+import importlib.util
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import keras
 
+from . import missing_extra
 from .backend import pick_precision
 from .model import GCViT, VARIANTS
 from .checkpoints import load_pretrained
-from .pretrained import (PretrainedWeightsUnavailable, create_model,
-                                 download_checkpoint)
-from .data import Augment, DatasetUnavailable, load_data, make_dataset
+from .pretrained import create_model, download_checkpoint
+from .data import Augment, load_data, make_dataset
 from .runs import (NonFiniteLoss, RunCheckpoint, _jsonable, distribution_scope,
                            restore_checkpoint, run_directory)
 from .report import evaluate, write_report
@@ -214,6 +213,8 @@ def finetune(data=None, model="gcvit_xxtiny", *, output, config=None,
     `run_eagerly=True` skips graph compilation (tests, debugging)."""
     t_start = time.perf_counter()
     cfg = (config or FinetuneConfig()).replace(**settings)
+    if importlib.util.find_spec("tensorflow") is None:   # tf.data feeds every backend
+        raise missing_extra("tensorflow", "train", "Fine-tuning (its tf.data pipeline)")
     talk = verbose not in (0, False)
     data = load_data(data, val_fraction=cfg.val_fraction, seed=cfg.seed,
                      data_dir=cfg.data_dir, train_limit=cfg.train_limit,
@@ -294,80 +295,12 @@ def _train(net, data, val_ds, cfg, augment, state, run_dir, record, how):
         restore_checkpoint(net, run_dir, state)
 
 # %% ../nbs/12_finetune.ipynb #eeb6e218
-def _window_arg(text):
-    parts = [int(p) for p in str(text).split(",")]
-    return parts[0] if len(parts) == 1 else tuple(parts)
-
-def _parser() -> argparse.ArgumentParser:
-    d = FinetuneConfig()
-    p = argparse.ArgumentParser(prog="gcvit-nb finetune", description="Fine-tune GCViT "
-                                "on an image-classification dataset.")
-    add = p.add_argument
-    add("--data", help="tfds name, image folder (one sub-folder per class) or "
-        "fashion_mnist (default: $GCVIT_DATA or tf_flowers)")
-    add("--model", default="gcvit_xxtiny", help="GCViT variant (default: %(default)s)")
-    w = p.add_mutually_exclusive_group()
-    w.add_argument("--weights", metavar="PATH",
-                   help="start from this checkpoint instead of the ImageNet weights")
-    w.add_argument("--no-pretrained", action="store_true", help="train from scratch")
-    add("--output", required=True, metavar="RUN_DIR",
-        help="run directory: new, empty, or a run to --resume")
-    add("--resume", action="store_true", help="continue the run in RUN_DIR")
-    for flag, kind, help in (
-            ("epochs", int, None), ("image-size", int, None), ("batch-size", int, None),
-            ("weight-decay", float, None), ("warmup", float, "warmup share of steps"),
-            ("label-smoothing", float, None), ("seed", int, None),
-            ("freeze-epochs", int, "train only the head for this many epochs first"),
-            ("val-fraction", float, "validation share of an image folder")):
-        default = getattr(d, flag.replace("-", "_"))
-        add(f"--{flag}", type=kind, default=default, help=help)
-    add("--lr", type=float, help="peak learning rate (default: 3e-4 per 32 images)")
-    add("--drop-path", type=float, default=d.drop_path_rate, help="stochastic depth")
-    add("--window-size", type=_window_arg,
-        help="attention window: N or one per stage, e.g. 7,7,4,2")
-    add("--precision", default=d.precision, choices=_PRECISIONS)
-    add("--distribute", action="store_true",
-        help="data-parallel over all local devices (JAX, TensorFlow)")
-    add("--no-augment", action="store_true", help="no crop/flip/colour augmentation")
-    add("--train-limit", type=int, help="at most N training images (class-balanced)")
-    add("--val-limit", type=int, help="at most N validation images")
-    add("--data-dir", help="tfds data directory")
-    add("--quiet", action="store_true", help="one line per epoch, no progress bars")
-    return p
-
-def _config_from_args(a) -> FinetuneConfig:
-    return FinetuneConfig(
-        epochs=a.epochs, image_size=a.image_size, batch_size=a.batch_size,
-        pretrained=a.weights or not a.no_pretrained, learning_rate=a.lr,
-        weight_decay=a.weight_decay, warmup=a.warmup, label_smoothing=a.label_smoothing,
-        freeze_epochs=a.freeze_epochs, augment=not a.no_augment,
-        drop_path_rate=a.drop_path, window_size=a.window_size, precision=a.precision,
-        distribute=a.distribute, seed=a.seed, val_fraction=a.val_fraction,
-        train_limit=a.train_limit, val_limit=a.val_limit, data_dir=a.data_dir)
-
-def finetune_cli(argv=None) -> int:
-    "`gcvit-nb finetune …`: parse `argv`, run `finetune`, print the result."
-    args = _parser().parse_args(argv)
-    err = lambda msg: print(f"gcvit-nb finetune: error: {msg}", file=sys.stderr)
-    try:
-        m = finetune(args.data, args.model, output=args.output, resume=args.resume,
-                     config=_config_from_args(args), verbose=2 if args.quiet else 1)
-    except PretrainedWeightsUnavailable as e:
-        err(f"{e} With this command: --weights PATH, or --no-pretrained to train "
-            "from scratch.")
-        return 1
-    except NonFiniteLoss as e:
-        err(e.explain(cli=True))
-        return 1
-    except (DatasetUnavailable, OSError, ValueError, ImportError,
-            NotImplementedError) as e:
-        err(str(e).replace("resume=True (--resume)", "--resume"))
-        return 1
-    if m["skipped_files"]:
-        print(f"skipped {len(m['skipped_files'])} unreadable file(s): "
-              + ", ".join(s["file"] for s in m["skipped_files"]))
-    print(f"validation accuracy {m['val_accuracy']:.4f} (best "
-          f"{m['best_val_accuracy']:.4f} at epoch {m['best_epoch']}) after "
-          f"{m['epochs_completed']} epochs, {m['train_seconds']:.0f} s of training; "
-          f"run directory {m['run_dir']}")
-    return 0
+def describe_run(metrics: dict) -> str:
+    "A finished run in a line (after one naming any unreadable files it skipped)."
+    m, skipped = metrics, [s["file"] for s in metrics["skipped_files"]]
+    note = (f"skipped {len(skipped)} unreadable file(s): {', '.join(skipped)}\n"
+            if skipped else "")
+    return (f"{note}validation accuracy {m['val_accuracy']:.4f} (best "
+            f"{m['best_val_accuracy']:.4f} at epoch {m['best_epoch']}) after "
+            f"{m['epochs_completed']} epochs, {m['train_seconds']:.0f} s of training; "
+            f"run directory {m['run_dir']}")

@@ -12,13 +12,19 @@ import pytest
 import gcvit_nb.bench_worker as bench_worker
 import gcvit_nb.benchmark as benchmark
 from gcvit_nb.bench_worker import summarize_times
-from gcvit_nb.benchmark import ReferenceUnavailable, bench_cli, find_reference_python, format_results
+from gcvit_nb import cli
+from gcvit_nb.benchmark import ReferenceUnavailable, find_reference_python, format_results
 
 BACKEND = keras.backend.backend()
 # On JAX a smoke training run alone takes ~50 s here (building a Keras model compiles one XLA program per weight
 # initialiser, then the train step compiles): the JAX smoke run measures inference only, to stay under a minute.
 MODES = ["infer"] if BACKEND == "jax" else ["infer", "train"]
 REFERENCE = os.environ.get("GCVIT_REFERENCE_PYTHON")
+
+
+def _bench(argv):
+    "`gcvit-nb bench ARGV` in this process (argparse's SystemExit passes through)."
+    return cli.main(["bench", *argv])
 
 
 def test_summarize_times():
@@ -28,10 +34,13 @@ def test_summarize_times():
 
 
 def test_parser_defaults():
-    args = benchmark._bench_parser().parse_args([])
+    args = cli.parse_args(["bench"])
     assert (args.model, args.image_size, args.batch_size, args.mode, args.reference, args.threads) == \
         ("gcvit_xxtiny", 224, 8, "both", "timm", 2)
     assert args.backends is None and args.reference_python is None     # backends: those installed
+    smoke = cli.parse_args(["bench", "--smoke", "--mode", "train", "--image-size", "48"])
+    assert (smoke.model, smoke.image_size, smoke.batch_size, smoke.mode, smoke.reference, smoke.paths) == \
+        ("gcvit_smoke", [48], 2, "train", "none", "best")              # --smoke's defaults; given options win
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -46,7 +55,7 @@ def test_parser_defaults():
 ])
 def test_bad_options_are_clear_errors(argv, needle, capsys):
     "Every bad value is refused (exit 2) before any child process runs, naming what was wrong."
-    assert bench_cli(["--smoke", *argv]) == 2
+    assert _bench(["--smoke", *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
 
@@ -54,20 +63,20 @@ def test_bad_options_are_clear_errors(argv, needle, capsys):
 @pytest.mark.parametrize("argv", [["--batch-size", "two"], ["--mode", "fast"], ["--reference", "onnx"]])
 def test_unparseable_options_exit_2(argv):
     with pytest.raises(SystemExit) as e:
-        bench_cli(["--smoke", *argv])
+        _bench(["--smoke", *argv])
     assert e.value.code == 2
 
 
 def test_backend_not_installed_is_a_clear_error(monkeypatch, capsys):
     real = importlib.util.find_spec
     monkeypatch.setattr(benchmark.importlib.util, "find_spec", lambda n, *a: None if n == "jax" else real(n, *a))
-    assert bench_cli(["--smoke", "--backends", "jax"]) == 2
+    assert _bench(["--smoke", "--backends", "jax"]) == 2
     assert "jax is not installed" in capsys.readouterr().err
 
 
 def test_missing_reference_python_is_a_clear_error(capsys, monkeypatch):
     monkeypatch.delenv("GCVIT_REFERENCE_PYTHON", raising=False)
-    assert bench_cli(["--smoke", "--reference", "timm", "--reference-python", "/no/such/python"]) == 2
+    assert _bench(["--smoke", "--reference", "timm", "--reference-python", "/no/such/python"]) == 2
     err = capsys.readouterr().err
     assert "/no/such/python" in err and "--reference none" in err and "--reference-python" in err
 
@@ -125,7 +134,7 @@ def test_json_write_failure_keeps_the_old_file(tmp_path, monkeypatch, capsys):
     def full_disk(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
     monkeypatch.setattr(Path, "write_text", full_disk)
-    assert bench_cli(["--smoke", "--backends", BACKEND, "--json", str(out)]) == 1
+    assert _bench(["--smoke", "--backends", BACKEND, "--json", str(out)]) == 1
     monkeypatch.undo()
     assert "No space left" in capsys.readouterr().err
     assert out.read_text() == '{"old": true}\n' and sorted(p.name for p in tmp_path.iterdir()) == ["bench.json"]
@@ -135,7 +144,7 @@ def test_smoke_run(tmp_path):
     "The tool end to end: tiny model, 32x32, one repeat, this backend, no reference; JSON with positive figures."
     out = tmp_path / "bench.json"
     mode = "both" if len(MODES) == 2 else MODES[0]
-    assert bench_cli(["--smoke", "--reference", "none", "--backends", BACKEND, "--mode", mode,
+    assert _bench(["--smoke", "--reference", "none", "--backends", BACKEND, "--mode", mode,
                       "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res) >= {"schema", "created", "config", "machine", "runs", "summary"}
@@ -161,7 +170,7 @@ def test_smoke_run(tmp_path):
 def test_smoke_run_against_timm(tmp_path):
     "With a reference Python: timm runs the same weights, and the logits agree."
     out = tmp_path / "bench.json"
-    assert bench_cli(["--smoke", "--reference", "timm", "--backends", BACKEND, "--mode", "infer",
+    assert _bench(["--smoke", "--reference", "timm", "--backends", BACKEND, "--mode", "infer",
                       "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["config"]["reference_versions"]["timm"] >= "1.0.31"
@@ -171,7 +180,7 @@ def test_smoke_run_against_timm(tmp_path):
 def test_unwritable_json_fails_before_any_run(tmp_path, capsys):
     "--json under a path that is a file: refused at once (exit 2), before minutes of measurements."
     (tmp_path / "file").write_text("x")
-    assert bench_cli(["--smoke", "--reference", "none", "--json", str(tmp_path / "file" / "b.json")]) == 2
+    assert _bench(["--smoke", "--reference", "none", "--json", str(tmp_path / "file" / "b.json")]) == 2
     assert "cannot write" in capsys.readouterr().err
 
 
@@ -197,7 +206,7 @@ def test_fuzz_bench_arguments(monkeypatch, capsys, tmp_path):
     for _ in range(300):
         argv = [rng.choice(vocab) for _ in range(rng.randint(0, 8))]
         try:
-            status = bench_cli(argv)
+            status = _bench(argv)
         except SystemExit as e:
             status = e.code
         except Exception as e:      # noqa: BLE001 - what the fuzz looks for
@@ -209,9 +218,9 @@ def test_fuzz_bench_arguments(monkeypatch, capsys, tmp_path):
 # --- sweeps: lists of image and batch sizes (issue 14) ----------------------------------------------------
 
 def test_size_lists_parse():
-    args = benchmark._bench_parser().parse_args(["--image-size", "224, 384,512", "--batch-size", "1,8"])
+    args = cli.parse_args(["bench", "--image-size", "224, 384,512", "--batch-size", "1,8"])
     assert args.image_size == [224, 384, 512] and args.batch_size == [1, 8]
-    args = benchmark._bench_parser().parse_args(["--image-size", "160"])
+    args = cli.parse_args(["bench", "--image-size", "160"])
     assert args.image_size == [160] and args.batch_size == 8          # default stays a plain number
 
 
@@ -220,7 +229,7 @@ def test_size_lists_parse():
 def test_unparseable_size_lists_exit_2(argv, capsys):
     "An empty or non-integer item: argparse's exit 2, naming the option, the value and the format."
     with pytest.raises(SystemExit) as e:
-        bench_cli(["--smoke", *argv])
+        _bench(["--smoke", *argv])
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert argv[0] in err and argv[1] in err and "comma-separated integers" in err
@@ -237,7 +246,7 @@ def test_bad_size_lists_are_refused_before_any_run(argv, needle, monkeypatch, ca
     def no_child(*a, **k):
         raise AssertionError("a child ran")
     monkeypatch.setattr(benchmark, "_run_child", no_child)
-    assert bench_cli(["--smoke", "--reference", "none", "--backends", BACKEND, *argv]) == 2
+    assert _bench(["--smoke", "--reference", "none", "--backends", BACKEND, *argv]) == 2
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err
 
@@ -248,7 +257,7 @@ def _fake_sweep(monkeypatch, tmp_path, *argv):
     monkeypatch.setattr(benchmark, "check_reference", lambda python: {"timm": "1.0.31"})
     monkeypatch.setattr(benchmark, "find_reference_python", lambda explicit=None: sys.executable)
     out = tmp_path / "sweep.json"
-    status = bench_cli(["--smoke", "--backends", BACKEND, *argv, "--json", str(out)])
+    status = _bench(["--smoke", "--backends", BACKEND, *argv, "--json", str(out)])
     return status, json.loads(out.read_text())
 
 
@@ -308,7 +317,7 @@ def test_smoke_sweep(tmp_path, monkeypatch):
     matplotlib.use("Agg")
     results = tmp_path / "benchmarks" / "results"
     out = results / "cpu_sweep_xxtiny.json"
-    assert bench_cli(["--smoke", "--reference", "none", "--backends", BACKEND, "--image-size", "32,48",
+    assert _bench(["--smoke", "--reference", "none", "--backends", BACKEND, "--image-size", "32,48",
                       "--batch-size", "1,2", "--repeats", "1", "--json", str(out)]) == 0
     sweep = json.loads(out.read_text())
     assert sweep["schema"] == "gcvit-nb-benchmark-sweep/1" and len(sweep["points"]) == 4
@@ -343,8 +352,9 @@ def test_a_child_peak_memory_is_its_own():
     import subprocess
     ballast = bytearray(400 * 1024 * 1024)
     ballast[::4096] = b"\x01" * len(ballast[::4096])          # touch every page: resident
-    code = "from gcvit_nb.bench_worker import _peak_rss_mb; print(_peak_rss_mb())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = benchmark._LOAD_WORKER + "print(m._peak_rss_mb())"     # loaded by path, as a bench child does
+    out = subprocess.run([sys.executable, "-c", code, bench_worker.__file__], capture_output=True, text=True,
+                         check=True)
     assert bench_worker._peak_rss_mb() > 400                  # the parent holds the ballast
     assert 0 < float(out.stdout.split()[-1]) < 300              # the child does not
     del ballast

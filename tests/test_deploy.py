@@ -2,12 +2,15 @@
 loaded in its own runtime and matched against the Keras logits; refusals and failures are
 clear and never destroy an existing output. Tiny model, small images: a few seconds each."""
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import TINY
+
+import gcvit_nb
 
 keras = pytest.importorskip("keras")
 deploy = pytest.importorskip("gcvit_nb.deploy")
@@ -242,27 +245,79 @@ def test_cli_exports_a_fine_tuned_run_directory_at_another_size(tmp_path, capsys
     tiny_model((64, 64, 3), seed=5, num_classes=10, depths=(1, 1, 2, 1)).save(
         run_dir / "best.keras")
     out = out_path(tmp_path, fmt, "flowers")
-    rc = deploy.export_cli(["--weights", str(run_dir), "--format", fmt, "--out", str(out),
-                            "--image-size", "96"])
-    text = capsys.readouterr().out
-    assert rc == 0, text
+    rc = _export(["--weights", str(run_dir), "--format", fmt, "--out", str(out), "--image-size", "96"])
+    captured = capsys.readouterr()
+    text = captured.out
+    assert rc == 0, captured.err
     assert "verified in" in text and "96x96" in text
+    # issue 23: the slow part is announced on stderr before it starts
+    assert captured.err.startswith(f"exporting {run_dir} at 96x96 to {fmt} and verifying it in "
+                                   f"{deploy.RUNTIMES[fmt]}")
     logits = deploy.load_artifact(out, fmt)(deploy.sample_images(96))
     assert logits.shape == (3, 10) and np.isfinite(logits).all()
 
 
+def _export(argv) -> int:
+    "`gcvit-nb export ARGV` in this process: its exit status."
+    from gcvit_nb.cli import main
+    return main(["export", *argv])
+
+
 def test_cli_refusals_exit_2(tmp_path, capsys):
     out = tmp_path / "m.onnx"
-    assert deploy.export_cli(["--model", "gcvit_xxtiny", "--format", "coreml",
-                              "--out", str(out)]) == 2
+    assert _export(["--model", "gcvit_xxtiny", "--format", "coreml", "--out", str(out)]) == 2
     assert "choose one of" in capsys.readouterr().err
     if OWN:
-        assert deploy.export_cli(["--weights", str(tmp_path), "--format", OWN[0],
-                                  "--out", str(out)]) == 2
+        assert _export(["--weights", str(tmp_path), "--format", OWN[0], "--out", str(out)]) == 2
         assert "best.keras" in capsys.readouterr().err
     if NOT_OWN:
         fmt = NOT_OWN[0]
-        assert deploy.export_cli(["--model", "gcvit_xxtiny", "--format", fmt,
-                                  "--out", str(out_path(tmp_path, fmt))]) == 2
+        assert _export(["--model", "gcvit_xxtiny", "--format", fmt, "--out", str(out_path(tmp_path, fmt))]) == 2
         assert f"KERAS_BACKEND={deploy.EXPORTERS[fmt][0]}" in capsys.readouterr().err
     assert not out.exists()
+
+
+# --- missing packages: gcvit_nb.MissingExtra, before any slow work (issue 23) ----------------------------------
+
+def _block(monkeypatch, names):
+    for name in names:
+        monkeypatch.setitem(sys.modules, name, None)        # `import name` fails as if not installed
+
+
+@pytest.mark.parametrize("fmt", deploy.FORMATS)
+def test_missing_runtime_is_named_before_loading(fmt, monkeypatch, tmp_path):
+    "load_artifact without the format's runtime: MissingExtra naming the package and `[export]`, not a missing file."
+    runtimes = [n for need in deploy._RUNS[fmt] for n in need.split("|")]
+    _block(monkeypatch, runtimes)
+    extra = r'needs .*, which is not installed: pip install "gcvit-nb\[export\]"'
+    with pytest.raises(gcvit_nb.MissingExtra, match=extra):
+        deploy.load_artifact(tmp_path / "nothing-here", fmt)
+    assert isinstance(deploy.missing_extra("x", "export", "y"), ImportError)
+
+
+def test_missing_exporter_is_named_before_any_work(small_model, monkeypatch, tmp_path):
+    "export_model: the exporter's packages are checked first; nothing is traced, run or written."
+    if not OWN:
+        pytest.skip(f"the {BACKEND} backend exports no format here")
+    fmt = next((f for f in OWN if any(need != BACKEND for need in deploy._WRITES[f])), None)
+    if fmt is None:
+        pytest.skip("every format of this backend needs only the backend itself")
+    extra = [n for need in deploy._WRITES[fmt] + deploy._RUNS[fmt] for n in need.split("|") if n != BACKEND]
+    _block(monkeypatch, extra)
+
+    def slow(*a, **k):
+        raise AssertionError("slow work before the check")
+    monkeypatch.setattr(deploy, "keras_logits", slow)
+    monkeypatch.setattr(deploy, "write_artifact", slow)
+    with pytest.raises(gcvit_nb.MissingExtra, match=r'gcvit-nb\[export\]'):
+        deploy.export_model(small_model, out_path(tmp_path, fmt), fmt)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_photos_need_scikit_image(monkeypatch):
+    "Without `images`, the check photos come from scikit-image: its absence is named too."
+    _block(monkeypatch, ["skimage"])
+    fmt = OWN[0] if OWN else deploy.FORMATS[0]
+    with pytest.raises(gcvit_nb.MissingExtra, match="scikit-image"):
+        deploy.check_installed(fmt, write=False, photos=True)
+

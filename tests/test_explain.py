@@ -1,4 +1,4 @@
-"""Explaining predictions (chapter 13): attention maps, Grad-CAM, overlays, the explain CLI.
+"""Explaining predictions (chapter 13): attention maps, Grad-CAM, overlays, image files, `gcvit-nb explain`.
 
 Runs on the active Keras backend. Two stored fixtures make the checks fast and comparable across backends:
 
@@ -299,6 +299,15 @@ def test_localisation_task_boxes_hold_the_items():
 
 
 # ------------------------------------------------------------------ CLI
+def _explain(argv) -> int:
+    "`gcvit-nb explain ARGV` in this process: its exit status (argparse's too)."
+    from gcvit_nb.cli import main
+    try:
+        return main(["explain", *argv])
+    except SystemExit as e:
+        return e.code
+
+
 @pytest.fixture(scope="module")
 def cli_files(localiser, tmp_path_factory):
     from PIL import Image
@@ -314,8 +323,8 @@ def test_cli_writes_one_png_per_image(cli_files, capsys):
     from shutil import copy
     copy(d / "cat.jpg", d / "cat2.jpg")
     for method, files in (("gradcam", ["cat.jpg", "cat2.jpg"]), ("attention", ["cat.jpg"])):   # 8 panels: slow
-        code = E.explain_cli([*(str(d / f) for f in files), "--weights", str(d / "localiser.keras"),
-                              "--method", method, "--out", str(d / "out")])
+        code = _explain([*(str(d / f) for f in files), "--weights", str(d / "localiser.keras"),
+                         "--method", method, "--out", str(d / "out")])
         assert code == 0
     from PIL import Image
     names = sorted(p.name for p in (d / "out").iterdir())
@@ -326,16 +335,50 @@ def test_cli_writes_one_png_per_image(cli_files, capsys):
 def test_cli_errors(cli_files, capsys):
     d = cli_files
     weights = ["--weights", str(d / "localiser.keras")]
-    assert E.explain_cli([str(d / "cat.jpg"), *weights]) == 2                       # no --out
+    assert _explain([str(d / "cat.jpg"), *weights]) == 2                       # no --out
     assert "--out" in capsys.readouterr().err
-    assert E.explain_cli([str(d / "cat.jpg"), "--method", "saliency", "--out", str(d)]) == 2
-    assert E.explain_cli([str(d / "missing.jpg"), *weights, "--out", str(d / "o")]) == 1
+    assert _explain([str(d / "cat.jpg"), "--method", "saliency", "--out", str(d)]) == 2
+    assert _explain([str(d / "missing.jpg"), *weights, "--out", str(d / "o")]) == 1
     assert "No file at" in capsys.readouterr().err
-    assert E.explain_cli([str(d / "cat.jpg"), "--weights", str(d / "nope.keras"), "--out", str(d)]) == 1
-    assert E.explain_cli([str(d / "cat.jpg"), *weights, "--stage", "7", "--out", str(d / "o")]) == 2
+    assert _explain([str(d / "cat.jpg"), "--weights", str(d / "nope.keras"), "--out", str(d)]) == 1
+    assert _explain([str(d / "cat.jpg"), *weights, "--stage", "7", "--out", str(d / "o")]) == 2
     assert "stage=7 does not exist" in capsys.readouterr().err
-    assert E.explain_cli([str(d / "cat.jpg"), *weights, "--class-index", "3", "--out", str(d / "o")]) == 2
+    assert _explain([str(d / "cat.jpg"), *weights, "--class-index", "3", "--out", str(d / "o")]) == 2
     assert "out of range" in capsys.readouterr().err
+    assert _explain([str(d / "cat.jpg"), *weights, "--method", "attention", "--query", "1,2,3",
+                     "--out", str(d / "o")]) == 2
+    assert "query must be a pixel" in capsys.readouterr().err
+
+
+@pytest.mark.one_backend
+def test_image_files_and_their_checks(tmp_path):
+    "Folders expand to the image files directly inside; a non-image and a decompression bomb are refused unread."
+    import struct
+    import zlib
+    from PIL import Image
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "A.JPG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert E.image_files([tmp_path, "x.jpg"]) == [str(tmp_path / "A.JPG"), str(tmp_path / "b.png"), "x.jpg"]
+    E.check_image_file(tmp_path / "b.png")
+    with pytest.raises(OSError, match="not an image"):
+        E.check_image_file(tmp_path / "notes.txt")
+    chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
+                                + struct.pack(">I", zlib.crc32(kind + body)))
+    bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40_000, 40_000, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    (tmp_path / "bomb.png").write_bytes(bomb)
+    with pytest.raises(OSError, match="safety limit"):
+        E.check_image_file(tmp_path / "bomb.png")
+
+
+def test_explain_image_writes_one_png(cli_files, localiser, tmp_path):
+    "The plain function behind `gcvit-nb explain`: one PNG, named after the image and the method."
+    target = E.explain_image(localiser, cli_files / "cat.jpg", tmp_path / "maps")
+    assert target == tmp_path / "maps" / "cat_gradcam.png" and target.stat().st_size > 0
+    with pytest.raises(ValueError, match="method"):
+        E.explain_image(localiser, cli_files / "cat.jpg", tmp_path / "maps", "saliency")
 
 
 # ------------------------------------------------------------------ fixtures

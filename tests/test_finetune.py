@@ -20,10 +20,20 @@ from _training import BACKEND, JAX_CACHE, ONE, RUN, TINY, TWO, array_data, make_
 
 import keras  # noqa: E402
 
+import gcvit_nb  # noqa: E402
+from gcvit_nb import cli  # noqa: E402
 from gcvit_nb import finetune as ft  # noqa: E402
 from gcvit_nb import runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(argv):
+    "`gcvit-nb finetune ARGV` in this process: its exit status (argparse's too)."
+    try:
+        return cli.main(["finetune", *argv])
+    except SystemExit as e:
+        return e.code
 
 
 @pytest.fixture(scope="module")
@@ -203,17 +213,22 @@ def test_cli(image_folder, tmp_path, capsys):
     out = str(tmp_path / "cli")
     args = ["--data", str(image_folder), "--model", "gcvit_xxtiny", "--no-pretrained", "--epochs", "1",
             "--output", out]
-    with pytest.raises(SystemExit):                                # --weights and --no-pretrained exclude each other
-        ft._parser().parse_args(args + ["--weights", "w.safetensors"])
-    assert ft.finetune_cli(["--data", str(tmp_path / "missing"), "--output", out]) == 1
+    assert _cli(args + ["--weights", "w.safetensors"]) == 2       # --weights and --no-pretrained exclude each other
+    assert "not allowed with" in capsys.readouterr().err
+    assert _cli(["--data", str(tmp_path / "missing"), "--output", out]) == 1
     assert "No image folder" in capsys.readouterr().err
-    parsed = ft._parser().parse_args(args + ["--window-size", "4,4,3,2", "--distribute", "--resume"])
-    assert parsed.window_size == (4, 4, 3, 2) and parsed.distribute and parsed.resume and parsed.image_size == 224
-    cfg = ft._config_from_args(parsed)
-    assert isinstance(cfg, ft.FinetuneConfig) and cfg.window_size == (4, 4, 3, 2) and cfg.pretrained is False
-    assert cfg.distribute and cfg.epochs == 1
+    parsed = cli.parse_args(["finetune", *args, "--window-size", "4,4,3,2", "--distribute", "--resume", "--lr",
+                             "1e-3", "--no-augment"])
+    assert parsed.window_size == (4, 4, 3, 2) and parsed.distribute and parsed.resume
+    settings = {k: v for k, v in vars(parsed).items() if k not in cli._FINETUNE_RUN}
+    assert settings == dict(pretrained=False, epochs=1, window_size=(4, 4, 3, 2), distribute=True,
+                            learning_rate=1e-3, augment=False)              # only what was given
+    cfg = ft.FinetuneConfig(**settings)
+    assert cfg.image_size == ft.FinetuneConfig().image_size               # the rest: FinetuneConfig's defaults
+    assert cfg.window_size == (4, 4, 3, 2) and cfg.pretrained is False and cfg.distribute and cfg.epochs == 1
+    assert cli.parse_args(["finetune", "--output", "o", "--weights", "w.pt"]).pretrained == "w.pt"
     for bad, word in ((["--epochs", "0"], "epochs"), (["--batch-size", "-4"], "batch_size")):
-        assert ft.finetune_cli(args + bad) == 1
+        assert _cli(args + bad) == 1
         assert word in capsys.readouterr().err
     assert not Path(out).exists()
 
@@ -227,22 +242,24 @@ def test_cli_run_and_resume(image_folder, tmp_path, monkeypatch, capsys):
                                                                             "run_eagerly": RUN["run_eagerly"]}))
     args = ["--data", str(image_folder), "--no-pretrained", "--epochs", "1", "--train-limit", "12", "--image-size",
             "48", "--window-size", "4,4,3,2", "--batch-size", "6", "--output", str(tmp_path / "cli"), "--quiet"]
-    assert ft.finetune_cli(args) == 0
+    assert _cli(args) == 0
     out = capsys.readouterr().out
     assert "validation accuracy" in out and "skipped 2 unreadable file(s)" in out
-    assert ft.finetune_cli(args) == 1
+    assert _cli(args) == 1
     err = capsys.readouterr().err
     assert "--resume" in err and "resume=True" not in err
-    assert ft.finetune_cli(args + ["--resume"]) == 0               # all epochs done: evaluates and rewrites metrics
+    assert _cli(args + ["--resume"]) == 0               # all epochs done: evaluates and rewrites metrics
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["epochs_completed"] == 1
 
 
 @once
 def test_pretrained_offline_is_an_error_not_a_silent_fallback(image_folder, tmp_path, monkeypatch, capsys):
+    from gcvit_nb.pretrained import PretrainedWeightsUnavailable
+
     def unavailable(*a, **k):
-        raise ft.PretrainedWeightsUnavailable("no network")
+        raise PretrainedWeightsUnavailable("no network")
     monkeypatch.setattr(ft, "download_checkpoint", unavailable)
-    assert ft.finetune_cli(["--data", str(image_folder), "--batch-size", "6", "--output", str(tmp_path / "p")]) == 1
+    assert _cli(["--data", str(image_folder), "--batch-size", "6", "--output", str(tmp_path / "p")]) == 1
     assert "--no-pretrained" in capsys.readouterr().err
 
 
@@ -296,6 +313,19 @@ def test_run_directory_reloads_in_a_fresh_python(straight):
         result = json.loads(lines[-1][len("RESULT "):])
         assert result == dict(shape=[2, 3], finite=True, schedule="CosineDecay", optimizer="AdamW",
                               finetune=False), (name, result)
+
+
+@once
+def test_missing_tensorflow_is_refused_before_anything(image_folder, tmp_path, monkeypatch, capsys):
+    "Issue 23: fine-tuning needs TensorFlow (tf.data) on every backend; without it, MissingExtra naming [train]."
+    monkeypatch.setitem(sys.modules, "tensorflow", None)           # import fails as if not installed
+    with pytest.raises(gcvit_nb.MissingExtra, match=r'needs tensorflow.*pip install "gcvit-nb\[train\]"'):
+        ft.finetune(image_folder, output=tmp_path / "run", **ONE, **RUN)
+    assert _cli(["--data", str(image_folder), "--no-pretrained", "--output", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("gcvit-nb: error: ") and 'pip install "gcvit-nb[train]"' in err and "Traceback" not in err
+    monkeypatch.undo()
+    assert not (tmp_path / "run").exists()
 
 
 DP_SCRIPT = textwrap.dedent("""
@@ -361,7 +391,7 @@ def test_output_folder_with_user_files_is_refused(image_folder, tmp_path, capsys
     with pytest.raises(FileExistsError, match="not a gcvit-nb run directory"):
         ft.finetune(image_folder, output=out, **ONE, **RUN)
     args = ["--data", str(image_folder), "--no-pretrained", "--epochs", "1", "--batch-size", "6", "--output", str(out)]
-    assert ft.finetune_cli(args) == 1
+    assert _cli(args) == 1
     assert "not a gcvit-nb run directory" in capsys.readouterr().err
     assert {p.name: p.read_text() for p in out.iterdir()} == files          # nothing written or deleted
 
@@ -408,7 +438,7 @@ def test_cli_messages_use_cli_syntax(image_folder, tmp_path, monkeypatch, capsys
     def nan(*a, **k):
         raise ft.NonFiniteLoss(2, "loss", float("nan"), learning_rate=3e-4)
     monkeypatch.setattr(ft, "finetune", nan)
-    assert ft.finetune_cli(["--data", str(image_folder), "--no-pretrained", "--output", str(tmp_path / "x")]) == 1
+    assert _cli(["--data", str(image_folder), "--no-pretrained", "--output", str(tmp_path / "x")]) == 1
     err = capsys.readouterr().err
     assert "--precision float32" in err and "precision='float32'" not in err and "--lr" in err
 
@@ -419,6 +449,6 @@ def test_corrupt_state_on_resume_names_the_file(image_folder, tmp_path, capsys):
     run.mkdir()
     (run / "state.json").write_text("{not json")
     args = ["--data", str(image_folder), "--no-pretrained", "--batch-size", "6", "--output", str(run), "--resume"]
-    assert ft.finetune_cli(args) == 1
+    assert _cli(args) == 1
     err = capsys.readouterr().err
     assert str(run / "state.json") in err and "damaged" in err and "Traceback" not in err
