@@ -298,7 +298,7 @@ def run_export(args) -> int:
         return _fail(str(e), 2, "gcvit-nb export")
     h, w = (int(d) for d in model.inputs[0].shape[1:3])
     _progress(f"exporting {args.model or args.weights} at {h}x{w} to {fmt} and "
-              f"verifying it in {deploy.RUNTIMES[fmt]} (up to a minute on a CPU)...")
+              f"verifying it in {deploy.RUNTIMES[fmt]}; a minute or more on a CPU...")
     try:
         r = deploy.export_model(model, args.out, fmt, atol=args.atol,
                                 threads=args.threads)
