@@ -398,12 +398,17 @@ def test_output_folder_with_user_files_is_refused(image_folder, tmp_path, capsys
 
 @once
 def test_a_second_run_on_a_held_directory_is_refused(image_folder, tmp_path):
+    "Another holder of the run directory's lock (an flock, since issue 24): finetune refuses, writes nothing."
+    import fcntl
     import socket
     run = tmp_path / "run"
     run.mkdir()
-    (run / ".gcvit-nb.lock").write_text(f"{os.getppid()} {socket.gethostname()}\n")   # a live process holds it
-    with pytest.raises(runs.RunDirectoryBusy, match="in use by process"):
-        ft.finetune(image_folder, output=run, **ONE, **RUN)
+    with open(run / ".gcvit-nb.lock", "a") as held:                # another open file: another holder
+        fcntl.flock(held, fcntl.LOCK_EX)
+        held.write(f"{os.getppid()} {socket.gethostname()}\n")
+        held.flush()
+        with pytest.raises(runs.RunDirectoryBusy, match="in use by process"):
+            ft.finetune(image_folder, output=run, **ONE, **RUN)
     assert sorted(p.name for p in run.iterdir()) == [".gcvit-nb.lock"]
 
 
