@@ -46,9 +46,11 @@ test: test-hygiene test-units test-nbval test-book test-readme
 	@echo "All checks passed."
 
 test-hygiene: setup
+	@echo "== make $@: started"
 	$(VPY) tools/check_notebooks.py
 
 test-units: setup data
+	@echo "== make $@: started"
 	@for backend in $(BACKENDS); do \
 	  echo "== pytest with KERAS_BACKEND=$$backend"; \
 	  rc=0; KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider tests || rc=$$?; \
@@ -60,11 +62,13 @@ test-units: setup data
 ## installed wheel, no source tree, no Debian datasets, hub and tfds on loopback, the gpu code path)
 test-nbval: test-colab
 test-colab: setup data
+	@echo "== make $@: started"
 	$(VPY) tools/check_colab.py
 
 ## test-book: the user's `make book` (whatever profile the environment picks: cpu here), then its HTML
 ## checked and two pages opened in Chromium
 test-book: setup
+	@echo "== make $@: started"
 	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || { echo "Chromium is needed: apt-get install chromium"; exit 1; }
 	$(MAKE) book
 	$(VPY) tools/check_book.py _build/book/_build/html --screenshots _build/screenshots
@@ -72,6 +76,7 @@ test-book: setup
 ## test-readme: every block of README.md, as printed, in fresh venvs outside the checkout (the
 ## install proof: `pip install "gcvit-nb[jax] @ git+..."` of this checkout's HEAD; see the script)
 test-readme: setup
+	@echo "== make $@: started"
 	$(VPY) tools/check_readme.py
 
 ## test-gpu: the GPU run (.ci/run-gpu): CUDA builds in .venv-gpu, GPU unit tests and every notebook per backend

@@ -167,7 +167,9 @@ def _scan_image_folder(root, *, workers: int = 4):
     paths, inline, labels, skipped = [], [], [], []
     for (p, label), (ok, reason, data) in zip(candidates, results):
         if ok:
-            paths.append(str(p)); inline.append(data); labels.append(label)
+            paths.append(str(p))
+            inline.append(data)
+            labels.append(label)
         else:
             skipped.append((str(p.relative_to(root)), reason))
     return paths, inline, np.asarray(labels, "int32"), classes, skipped
@@ -182,7 +184,8 @@ def _split_per_class(labels, val_fraction: float = 0.2, seed: int = 0):
         where = where[rng.permutation(len(where))]
         n_val = (0 if len(where) < 2 or val_fraction <= 0
                  else max(1, int(round(val_fraction * len(where)))))
-        val.extend(where[:n_val]); train.extend(where[n_val:])
+        val.extend(where[:n_val])
+        train.extend(where[n_val:])
     return np.sort(np.asarray(train, np.int64)), np.sort(np.asarray(val, np.int64))
 
 def load_image_folder(root, *, val_fraction: float = 0.2, seed: int = 0,
@@ -244,7 +247,8 @@ def _download_reachable(host: str = _TFDS_HOST, timeout: float = 3.0) -> bool:
             socket.create_connection(address, timeout=timeout).close()
             opened.append(True)
     worker = threading.Thread(target=attempt, daemon=True)
-    worker.start(); worker.join(timeout)
+    worker.start()
+    worker.join(timeout)
     return bool(opened)
 
 def load_tfds(name: str, *, data_dir=None, splits=None, train_limit=None,

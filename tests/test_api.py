@@ -48,11 +48,24 @@ def test_dir_and_unknown_attribute():
         gcvit_nb.no_such_name
 
 
-def test_modules_stay_small():
-    "One chapter, one module of at most about 400 lines (the generated _modidx.py aside)."
-    sizes = {p.name: sum(1 for _ in p.open(encoding="utf-8")) for p in (ROOT / "gcvit_nb").glob("*.py")
-             if p.name != "_modidx.py"}
-    assert {k: v for k, v in sizes.items() if v > 420} == {}
+def test_modules_are_not_squeezed():
+    """Modules are split by concern, not squeezed to a size: no statements joined by `;`
+    and no packed `import a, b` (the generated _modidx.py aside)."""
+    import ast
+    import io
+    import tokenize
+    problems = []
+    for path in sorted((ROOT / "gcvit_nb").glob("*.py")):
+        if path.name == "_modidx.py":
+            continue
+        source = path.read_text(encoding="utf-8")
+        tokens = tokenize.generate_tokens(io.StringIO(source).readline)
+        problems += [f"{path.name}:{t.start[0]}: `;`" for t in tokens
+                     if t.type == tokenize.OP and t.string == ";"]
+        problems += [f"{path.name}:{node.lineno}: import of several modules"
+                     for node in ast.walk(ast.parse(source))
+                     if isinstance(node, ast.Import) and len(node.names) > 1]
+    assert problems == []
 
 
 def test_imports_only_go_backwards():
