@@ -56,40 +56,37 @@ if not _in_command_line_launcher():
     # Defining the layers registers them with Keras (package "gcvit_nb").
     importlib.import_module(f"{__name__}.model")
 
+# The top level offers what users call: README's names, the layers Part I teaches with, and the
+# configuration objects. Everything else stays in its module (gcvit_nb.checkpoints, ...).
 _PUBLIC = {
-    # appendix A (00_backend): run profiles, device and precision probes, backend fast paths
-    "active_profile": "backend", "runtime_summary": "backend", "Profile": "backend",
-    "has_accelerator": "backend", "accelerator_names": "backend", "pick_precision": "backend",
-    "export_mode": "backend", "Predictor": "backend",
-    "Conv2d": "backend", "DepthwiseConv2d": "backend", "Linear": "backend", "LayerNorm": "backend",
-    # chapters 01-04: the building blocks
-    "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks", "Downsample": "unit_blocks",
-    "Mlp": "unit_blocks", "Stem": "stem", "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
-    "RelativePositionBias": "attention", "window_partition": "attention", "window_reverse": "attention",
+    # appendix A (00_backend): run profiles, the serving path, PyTorch-compatible layers
+    "active_profile": "backend", "Profile": "backend", "Predictor": "backend",
+    "Conv2d": "backend", "DepthwiseConv2d": "backend", "Linear": "backend",
+    "LayerNorm": "backend",
+    # Part I, chapters 02-05: the building blocks
+    "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks",
+    "Downsample": "unit_blocks", "Mlp": "unit_blocks", "Stem": "stem",
+    "GlobalTokenGenerator": "global_tokens", "WindowAttention": "attention",
+    "RelativePositionBias": "attention",
     # 06_model: the model and its variants
     "GCViT": "model", "GCViTBlock": "model", "GCViTStage": "model", "VARIANTS": "model",
-    "stage_geometry": "model",
-    # 07_checkpoints (appendix B): checkpoint files, layouts, strict loading, size transfer
-    "read_checkpoint": "checkpoints", "load_timm_weights": "checkpoints", "timm_state_dict": "checkpoints",
-    "load_pretrained": "checkpoints", "resize_model": "checkpoints", "official_to_timm": "checkpoints",
-    "timm_to_official": "checkpoints", "describe_checkpoint": "checkpoints", "guess_variant": "checkpoints",
-    # 08_pretrained: the one create_model, downloads, preprocessing, ImageNet labels
-    "create_model": "pretrained", "PRETRAINED": "pretrained", "download_checkpoint": "pretrained",
-    "fetch_checkpoint": "pretrained", "PretrainedWeightsUnavailable": "pretrained",
-    "preprocess_image": "pretrained", "decode_predictions": "pretrained", "imagenet_labels": "pretrained",
-    # 09_data, 10_runs, 11_report (appendix C): training data, run directories, evaluation
-    "load_data": "data", "load_image_folder": "data", "load_tfds": "data", "load_fashion_mnist": "data",
-    "make_dataset": "data", "ImageData": "data", "Augment": "data", "DatasetUnavailable": "data",
-    "atomic_write": "runs", "NonFiniteLoss": "runs", "RunDirectoryBusy": "runs", "read_state": "runs",
-    "evaluate": "report",
-    # 12_finetune: the recipe (the function finetune() is gcvit_nb.finetune.finetune: same name as its module)
-    "FinetuneConfig": "finetune", "load_run_model": "finetune", "build_classifier": "finetune",
-    # 14_deploy: export to SavedModel / ONNX / LiteRT / OpenVINO, verified in each runtime
-    "export_model": "deploy", "load_artifact": "deploy", "verify_artifact": "deploy",
-    "ExportUnsupported": "deploy", "ExportVerificationError": "deploy",
-    # 13_explain: attention maps, Grad-CAM, overlays
+    # 07_checkpoints (appendix B): checkpoint files and strict loading
+    "read_checkpoint": "checkpoints", "load_timm_weights": "checkpoints",
+    "timm_state_dict": "checkpoints", "resize_model": "checkpoints",
+    # 08_pretrained: create_model, downloads, preprocessing, ImageNet labels
+    "create_model": "pretrained", "PRETRAINED": "pretrained",
+    "download_checkpoint": "pretrained", "PretrainedWeightsUnavailable": "pretrained",
+    "preprocess_image": "pretrained", "decode_predictions": "pretrained",
+    "imagenet_labels": "pretrained",
+    # 09-11 (appendix C): training data, run directories, evaluation
+    "load_data": "data", "Augment": "data", "DatasetUnavailable": "data",
+    "RunDirectoryBusy": "runs", "NonFiniteLoss": "runs", "evaluate": "report",
+    # 12_finetune (the function finetune() is gcvit_nb.finetune.finetune: its module's name)
+    "FinetuneConfig": "finetune", "load_run_model": "finetune",
+    # 13_explain and 14_deploy
     "attention_maps": "explain", "grad_cam": "explain", "overlay": "explain",
-    # chapter 09: benchmarks
+    "export_model": "deploy",
+    # 16_benchmark
     "run_benchmark": "benchmark",
 }
 

@@ -48,6 +48,13 @@ def test_dir_and_unknown_attribute():
         gcvit_nb.no_such_name
 
 
+def test_the_top_level_is_curated():
+    "What users call, not every module's internals: at most about 45 names."
+    assert len(gcvit_nb.__all__) <= 48
+    for internal in ("atomic_write", "read_state", "worker_main", "official_to_timm"):
+        assert internal not in gcvit_nb.__all__
+
+
 def test_modules_are_not_squeezed():
     """Modules are split by concern, not squeezed to a size: no statements joined by `;`
     and no packed `import a, b` (the generated _modidx.py aside)."""

@@ -147,7 +147,6 @@ def test_runtime_summary_defaults_to_active_profile(monkeypatch):
 def test_package_exports_profile_helpers():
     assert gcvit_nb.Profile is backend.Profile
     assert gcvit_nb.active_profile is backend.active_profile
-    assert gcvit_nb.runtime_summary is backend.runtime_summary
 
 
 # ---------------------------------------------------------------- GCVIT_REQUIRE_ACCELERATOR

@@ -27,7 +27,7 @@ def tiny_ckpt(tmp_path_factory):
     state = gcvit_nb.timm_state_dict(model)
     d = tmp_path_factory.mktemp("ckpt")
     save_file(state, str(d / "tiny.safetensors"))
-    np.savez(d / "tiny_official.npz", **gcvit_nb.timm_to_official(state))
+    np.savez(d / "tiny_official.npz", **C.timm_to_official(state))
     model.save_weights(d / "tiny.weights.h5")
     x = np.random.default_rng(0).normal(size=(2, 64, 64, 3)).astype("float32")
     return dict(model=model, state=state, dir=d, x=x, out=run(model, x))
@@ -203,11 +203,11 @@ def test_missing_path(tmp_path, tiny64):
 # ---------------------------------------------------------------- layouts and formats
 
 def test_official_layout_loads_to_identical_outputs(tiny_ckpt):
-    official = gcvit_nb.timm_to_official(tiny_ckpt["state"])
+    official = C.timm_to_official(tiny_ckpt["state"])
     assert C.detect_layout(official) == "official" and C.detect_layout(tiny_ckpt["state"]) == "timm"
     assert any(k.startswith("levels.0.q_global_gen.to_q_global.0.conv.2.fc.0") for k in official)
     assert official["patch_embed.conv_down.conv.2.fc.0.weight"].ndim == 2, "official SE layers are Linear"
-    assert gcvit_nb.official_to_timm(official).keys() == tiny_ckpt["state"].keys()
+    assert C.official_to_timm(official).keys() == tiny_ckpt["state"].keys()
     for source in (official, tiny_ckpt["dir"] / "tiny_official.npz", tiny_ckpt["dir"] / "tiny.safetensors",
                    tiny_ckpt["dir"] / "tiny.weights.h5", str(tiny_ckpt["dir"] / "tiny.weights.h5")):
         m = C.load_pretrained(fresh(), source)
@@ -216,7 +216,7 @@ def test_official_layout_loads_to_identical_outputs(tiny_ckpt):
 
 def test_official_buffers_and_checkpoint_wrappers(tiny_ckpt, tmp_path):
     torch = pytest.importorskip("torch")
-    official = gcvit_nb.timm_to_official(tiny_ckpt["state"])
+    official = C.timm_to_official(tiny_ckpt["state"])
     wrapped = {"state_dict": {k: torch.from_numpy(v) for k, v in official.items()}, "epoch": 3}
     wrapped["state_dict"]["levels.0.blocks.0.attn.relative_position_index"] = torch.zeros(16, 16, dtype=torch.long)
     for suffix in (".pth.tar", ".pth", ".pt", ".bin", ".ckpt"):
