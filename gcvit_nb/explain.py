@@ -5,9 +5,6 @@ __all__ = ['IMAGE_SUFFIXES', 'value_and_grad', 'resize_map', 'grad_cam', 'BlockA
            'overlay', 'localisation_task', 'peak_in_box', 'image_files', 'check_image_file', 'explain_image']
 
 # %% ../nbs/13_explain.ipynb #8d5bde2c
-import gzip
-import os
-import struct
 import warnings
 import weakref
 from dataclasses import dataclass, field
@@ -18,6 +15,7 @@ import keras
 from keras import ops
 
 from .attention import window_partition
+from .data import fashion_mnist_arrays
 from .model import GCViT
 
 def _parts(model):
@@ -299,29 +297,15 @@ def overlay(image, heatmap, alpha: float = 0.45, cmap: str = "jet") -> np.ndarra
     return ((1 - alpha) * img + alpha * colour).astype("float32")
 
 # %% ../nbs/13_explain.ipynb #9bb123f9
-def _read_idx(path) -> np.ndarray:
-    "A gzipped IDX file of unsigned bytes as a NumPy array."
-    raw = gzip.decompress(Path(path).read_bytes())
-    dims = struct.unpack(f">{raw[3]}I", raw[4:4 + 4 * raw[3]])
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * raw[3]).reshape(dims)
-
 def localisation_task(n: int, *, size: int = 96, classes=(1, 7, 8),
                       split: str = "train", seed: int = 0, root=None):
     """`n` Fashion-MNIST items of `classes` ('train' or 'test' `split`), each pasted at
     a random place on a cluttered `size`×`size` canvas: evidence with a known place.
     Returns normalised float32 images (n, size, size, 3), int32 labels (0, 1, ...),
     the items' pixel boxes (top, left, bottom, right) and the canvases in [0, 1]."""
-    root = Path(root or os.environ.get("GCVIT_FASHION_MNIST_DIR",
-                                       "/usr/share/datasets/fashion-mnist"))
-    prefix = {"train": "train", "test": "t10k"}[split]
-    files = [root / f"{prefix}-{k}-ubyte.gz" for k in ("images-idx3", "labels-idx1")]
-    if not all(f.is_file() for f in files):
-        raise FileNotFoundError(
-            f"Fashion-MNIST is not in {root}: install the Debian package "
-            "dataset-fashion-mnist or set GCVIT_FASHION_MNIST_DIR to its folder.")
     if size < 56:
         raise ValueError(f"size={size} is too small for clutter around a 28 px item.")
-    items, item_labels = _read_idx(files[0]), _read_idx(files[1])
+    items, item_labels = fashion_mnist_arrays(split, root)   # Appendix C1
     rng = np.random.default_rng(seed)
     pick = rng.choice(np.flatnonzero(np.isin(item_labels, classes)), n, replace=False)
     canvases, boxes = np.zeros((n, size, size), "float32"), np.zeros((n, 4), "int64")

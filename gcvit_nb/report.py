@@ -22,7 +22,8 @@ def evaluate(model, val_ds, class_names, *, n_images: int = 32) -> dict:
     logits = np.asarray(model.predict(val_ds, verbose=0), "float64")
     ys, ws, images = [], [], []
     for x, y, w in val_ds.as_numpy_iterator():
-        ys.append(y.argmax(-1)); ws.append(w)
+        ys.append(y.argmax(-1))
+        ws.append(w)
         if sum(len(i) for i in images) < n_images:
             images.append(x)
     keep = np.concatenate(ws) > 0
@@ -65,8 +66,11 @@ def plot_history(history: dict, resumed_at=()):
                         label=("validation" if prefix else "training"))
         for e in resumed_at:
             ax.axvline(e + 0.5, color="grey", ls=":", lw=1)
-        ax.set_xlabel("epoch"); ax.set_title(title, fontsize=10); ax.grid(alpha=0.3)
-        ax.legend(fontsize=8); ax.set_xticks(epochs)
+        ax.set_xlabel("epoch")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        ax.set_xticks(epochs)
     if history.get("val_accuracy"):
         acc = history["val_accuracy"]
         best = int(np.argmax(acc))
@@ -94,7 +98,8 @@ def plot_confusion(confusion, class_names):
                             color="white" if frac[i, j] > 0.6 else "black")
     ax.set_xticks(range(k), class_names, rotation=45, ha="right", fontsize=8)
     ax.set_yticks(range(k), class_names, fontsize=8)
-    ax.set_xlabel("predicted"); ax.set_ylabel("true")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
     acc = np.trace(cm) / max(cm.sum(), 1)
     ax.set_title(f"accuracy {acc:.3f} on {cm.sum():,} validation images", fontsize=10)
     return fig
@@ -109,7 +114,8 @@ def plot_predictions(examples: dict, class_names, cols: int = 8):
     fig = Figure(figsize=(1.2 * cols, 1.45 * rows), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
-        ax.set_xticks([]); ax.set_yticks([])
+        ax.set_xticks([])
+        ax.set_yticks([])
         for s in ax.spines.values():
             s.set_visible(False)
     for i in range(n):
@@ -119,7 +125,9 @@ def plot_predictions(examples: dict, class_names, cols: int = 8):
         if wrong:
             title += f"\ntrue: {class_names[y_true[i]]}"
             for s in ax.spines.values():
-                s.set_visible(True); s.set_color("red"); s.set_linewidth(3)
+                s.set_visible(True)
+                s.set_color("red")
+                s.set_linewidth(3)
         ax.set_title(title, fontsize=7, color="red" if wrong else "black")
     mistakes = int(np.sum(np.asarray(y_true) != np.asarray(y_pred)))
     fig.suptitle(f"validation predictions: {mistakes} of {n} wrong (red)", fontsize=10)
