@@ -86,3 +86,37 @@ def test_imports_only_go_backwards():
         source = (ROOT / "gcvit_nb" / f"{module}.py").read_text(encoding="utf-8")
         for used in re.findall(r"^\s*from (?:\.|gcvit_nb\.)(\w+) import", source, flags=re.M):
             assert order.get(used, -1) < number, f"{module} ({number}) imports {used} ({order.get(used)})"
+
+
+def _settings() -> dict:
+    import configparser
+    cfg = configparser.ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini", encoding="utf-8")
+    return dict(cfg["DEFAULT"])
+
+
+def test_core_install_is_inference_and_each_backend_is_an_extra():
+    "pip install gcvit-nb brings no backend; [jax] brings JAX and no TensorFlow."
+    settings = _settings()
+    core = settings["requirements"].split()
+    names = [re.split(r"[<>=!~ \[]", r)[0] for r in core]
+    assert not {"tensorflow", "tensorflow-datasets", "jax", "torch"} & set(names)
+    jax_extra = settings["jax_requirements"].split()
+    assert any(r.startswith("jax") for r in jax_extra)
+    assert not any(r.startswith("tensorflow") for r in jax_extra)
+    for extra in ("tensorflow", "train", "torch", "export", "dev"):
+        assert settings[f"{extra}_requirements"].split()
+
+
+def test_keras_floor_has_every_export_format():
+    "Keras 3.13 is the first with LiteRT export (ONNX and OpenVINO came in 3.12)."
+    from packaging.version import Version
+    core = _settings()["requirements"].split()
+    floor = next(r.split(">=")[1] for r in core if r.startswith("keras>="))
+    assert Version(floor) >= Version("3.13")
+
+
+def test_the_license_file_ships():
+    assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert 'license_files=["LICENSE"]' in (ROOT / "setup.py").read_text()
+    assert _settings()["license"] == "apache2"
