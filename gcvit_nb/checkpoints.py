@@ -2,7 +2,8 @@
 
 # %% auto #0
 __all__ = ['read_checkpoint', 'official_to_timm', 'timm_to_official', 'detect_layout', 'timm_state_dict', 'to_timm_layout',
-           'describe_checkpoint', 'guess_variant', 'load_timm_weights', 'load_pretrained', 'interpolate_position_table',
+           'describe_checkpoint', 'guess_variant', 'checkpoint_classes', 'load_timm_weights', 'load_pretrained',
+           'HeadMismatch', 'model_classes', 'check_head', 'load_for_inference', 'interpolate_position_table',
            'resize_model']
 
 # %% ../nbs/07_checkpoints.ipynb #b7c0a005
@@ -47,7 +48,8 @@ def _read_torch(path):
     if not isinstance(raw, dict):
         raise ValueError(f"it holds a {type(raw).__name__}, not a dict of tensors")
     state = _unwrap(raw)
-    return {k: v.float().numpy() for k, v in state.items() if hasattr(v, "numpy")}
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items() if hasattr(v, "numpy")}
 
 def _read_npz(path):
     with np.load(path, allow_pickle=False) as f:      # object arrays would need pickle
@@ -72,6 +74,12 @@ def _read_keras_h5(path):
 _READERS = {".safetensors": _read_safetensors, ".npz": _read_npz,
             ".weights.h5": _read_keras_h5, **{s: _read_torch for s in _TORCH_SUFFIXES}}
 
+def _not_weights(state) -> list:
+    "Names of integer or boolean tensors, except the index buffers GCViT rebuilds."
+    return [k for k, v in state.items()
+            if np.asarray(v).dtype.kind in "biu"
+            and not k.endswith("relative_position_index")]
+
 def read_checkpoint(path) -> dict:
     """Read a checkpoint file into {name: float32 array}: .safetensors, .npz, PyTorch
     (.pth, .pth.tar, .pt, .bin, .ckpt; tensors only) or Keras .weights.h5."""
@@ -87,6 +95,7 @@ def read_checkpoint(path) -> dict:
                          ".pth/.pth.tar/.pt/.bin/.ckpt or .weights.h5.")
     try:
         state = _READERS[kind](path)
+        integers = _not_weights(state)
         state = {k: np.asarray(v, dtype="float32") for k, v in state.items()}
     except ImportError:
         raise
@@ -95,6 +104,9 @@ def read_checkpoint(path) -> dict:
                          f"(truncated or corrupt?): {e}") from e
     if not state:
         raise ValueError(f"{path} holds no weights.")
+    if integers:
+        raise ValueError(f"{path} holds integer tensors, which are not weights: "
+                         f"{_summarise(integers, 4)}. Save the model's float weights.")
     return state
 
 # %% ../nbs/07_checkpoints.ipynb #b7c0a009
@@ -317,32 +329,47 @@ def guess_variant(state):
                       float(v["mlp_ratio"]), bool(v["layer_scale"]))
     return next((name for name, v in VARIANTS.items() if arch(v) == arch(d)), None)
 
+def checkpoint_classes(state):
+    "Classes of a state dict's classifier head (any layout), or None without a head."
+    layout = "keras" if detect_layout(state) == "keras" else "timm"
+    state = state if layout == "keras" else to_timm_layout(state)
+    head, axis = _PROBES[layout][4]
+    return int(np.shape(state[head])[axis]) if head in state else None
+
 # %% ../nbs/07_checkpoints.ipynb #b7c0a015
 def _as_state(source) -> dict:
     if isinstance(source, (str, os.PathLike)):
         return read_checkpoint(source)
     if hasattr(source, "keys") and hasattr(source, "__getitem__"):
-        return {str(k): np.asarray(source[k], dtype="float32") for k in source.keys()}
+        state = {str(k): np.asarray(source[k]) for k in source.keys()}
+        if integers := _not_weights(state):
+            raise ValueError("The state dict holds integer tensors, which are not "
+                             f"weights: {_summarise(integers, 4)}.")
+        return {k: np.asarray(v, dtype="float32") for k, v in state.items()}
     raise TypeError("A checkpoint is a file path or a mapping of names to arrays, "
                     f"got {type(source).__name__}.")
 
-def _warn_non_finite(state):
-    bad = [k for k, v in state.items() if not np.isfinite(v).all()]
-    if bad:
-        warnings.warn(f"The checkpoint has NaN or Inf values in {len(bad)} tensor(s) "
-                      f"({_summarise(bad, 4)}): the model will output NaN. Was it "
-                      "saved from a run that diverged?", RuntimeWarning, stacklevel=3)
+def _check_finite(fitted: dict, allow: bool):
+    "Refuse NaN/Inf weights (nothing loaded), or, when `allow`, warn and go on."
+    bad = [k for k, (_, a) in fitted.items() if not np.isfinite(a).all()]
+    if not bad:
+        return
+    what = (f"The checkpoint has NaN or Inf values in {len(bad)} tensor(s) "
+            f"({_summarise(bad, 4)}): the model would output NaN. Was it saved from "
+            "a run that diverged?")
+    if not allow:
+        raise ValueError(f"{what} Nothing was loaded (allow_non_finite=True loads it "
+                         "anyway).")
+    warnings.warn(what, RuntimeWarning, stacklevel=4)
 
-def load_timm_weights(model, source, *, source_windows=None):
-    """Load a checkpoint (mapping or path; any layout) into `model`, all or nothing.
-    Position tables for other windows are resized: from `source_windows` (one (h, w)
-    per stage) or, for square windows, from the table's size."""
-    state = to_timm_layout(_as_state(source), model)
+def _fitted(model, state, source_windows=None) -> dict:
+    """{timm key: (variable, array in Keras layout)} for every weight of `model` from a
+    timm-layout `state`, or a ValueError naming every weight that does not fit."""
     state = {k: v for k, v in state.items()
              if not k.endswith("relative_position_index")}
     targets = {key: (v, layout) for v, _, key, layout in _weight_map(model)}
     missing, unexpected = set(targets) - set(state), set(state) - set(targets)
-    converted, mismatched = {}, []
+    fitted, mismatched = {}, []
     for key in set(targets) & set(state):
         var, layout = targets[key]
         arr = _to_keras(np.asarray(state[key], "float32"), layout)
@@ -356,7 +383,7 @@ def load_timm_weights(model, source, *, source_windows=None):
         if arr.shape != tuple(var.shape):
             mismatched.append(f"{key}: checkpoint {tuple(np.shape(state[key]))} "
                               f"vs model {tuple(var.shape)}")
-        converted[key] = arr
+        fitted[key] = (var, arr)
     if missing or unexpected or mismatched:
         parts = [f"{len(missing)} missing: {_summarise(missing)}" if missing else "",
                  f"{len(unexpected)} unexpected: {_summarise(unexpected)}"
@@ -367,10 +394,28 @@ def load_timm_weights(model, source, *, source_windows=None):
                          + " | ".join(p for p in parts if p)
                          + ". Check the variant name, num_classes (include_top) and "
                          "image size.")
-    _warn_non_finite(converted)
-    for key, arr in converted.items():
-        targets[key][0].assign(arr)
+    return fitted
+
+def load_timm_weights(model, source, *, source_windows=None,
+                      allow_non_finite: bool = False):
+    """Load a checkpoint (mapping or path; any layout) into `model`, all or nothing.
+    Position tables for other windows are resized: from `source_windows` (one (h, w)
+    per stage) or, for square windows, from the table's size. NaN or Inf weights are
+    refused unless `allow_non_finite` (then they load with a warning)."""
+    state = to_timm_layout(_as_state(source), model)
+    return _assign(model, _fitted(model, state, source_windows), allow_non_finite)
+
+def _assign(model, fitted: dict, allow_non_finite: bool = False):
+    "Assign checked weights (`_fitted`'s), once they are known to be finite."
+    _check_finite(fitted, allow_non_finite)
+    for var, arr in fitted.values():
+        var.assign(arr)
     return model
+
+def _explained(error, raw):
+    "A refusal that names the variant the checkpoint `raw` looks like, if any."
+    guess = guess_variant(raw)
+    return ValueError(f"{error} The checkpoint looks like {guess}.") if guess else error
 
 def load_pretrained(model, source, *, verbose: bool = True):
     """Load a checkpoint (path or state dict, any layout and format) into `model`,
@@ -390,12 +435,65 @@ def load_pretrained(model, source, *, verbose: bool = True):
                   "model's new, randomly initialised head.")
         state = {**state, **{k: own[k] for k in heads}}
     try:
-        load_timm_weights(model, state)
+        fitted = _fitted(model, state)
     except ValueError as e:
-        guess = guess_variant(raw)
-        hint = f" The checkpoint looks like {guess}." if guess else ""
-        raise ValueError(f"{e}{hint}") from None
-    return model
+        raise _explained(e, raw) from None
+    return _assign(model, fitted)
+
+# %% ../nbs/07_checkpoints.ipynb #b7c0a019
+class HeadMismatch(ValueError):
+    """The checkpoint's classifier head does not fit the model's: another number of
+    classes, or no head at all (`checkpoint_classes` is None)."""
+
+    def __init__(self, checkpoint_classes, model_classes, source="The checkpoint"):
+        self.checkpoint_classes = checkpoint_classes
+        self.model_classes = model_classes
+        self.source = str(source)
+        if checkpoint_classes is None:
+            theirs = f"{source} has no classification head (a backbone only)"
+            use = "build the model with include_top=False for its features"
+        else:
+            theirs = f"{source} has a {checkpoint_classes}-class head"
+            use = f"build the model with num_classes={checkpoint_classes}"
+        super().__init__(
+            f"{theirs} and the model a {model_classes}-class one. Nothing was loaded: "
+            f"that head would be left random. To use the checkpoint, {use}; for a new "
+            f"{model_classes}-class head on its backbone, ask for one with create_model"
+            f"(..., num_classes={model_classes}, pretrained=...), then fine-tune it.")
+
+def model_classes(model):
+    "Classes of `model`'s classifier head, or None for a model without one."
+    return next((int(v.shape[-1]) for v, _, key, _ in _weight_map(model)
+                 if key == "head.fc.weight"), None)
+
+def check_head(checkpoint_classes, model_classes, source="The checkpoint"):
+    "Raise HeadMismatch unless a model with `model_classes` can run on this head."
+    if model_classes is not None and checkpoint_classes != model_classes:
+        raise HeadMismatch(checkpoint_classes, model_classes, source)
+
+def load_for_inference(model, source, *, source_windows=None):
+    """Load a checkpoint (path or state dict, any layout and format) into `model` for
+    inference: every weight, its head included, all or nothing. A head of another
+    class count, or none where the model has one, is refused (HeadMismatch); a model
+    without a head takes the backbone. NaN or Inf weights are refused."""
+    raw = _as_state(source)
+    state = to_timm_layout(raw, model)
+    name = Path(source).name if isinstance(source, (str, os.PathLike)) else None
+    theirs, ours = checkpoint_classes(raw), model_classes(model)
+    backbone = {k: v for k, v in state.items() if not k.startswith(("head.", "head_"))}
+    if ours is not None and theirs != ours:   # another architecture: say that first
+        own = {key: _to_torch(keras.ops.convert_to_numpy(v), layout)
+               for v, _, key, layout in _weight_map(model) if key.startswith("head.")}
+        try:
+            _fitted(model, {**backbone, **own}, source_windows)
+        except ValueError as e:
+            raise _explained(e, raw) from None
+    check_head(theirs, ours, name or "The checkpoint")
+    try:
+        fitted = _fitted(model, backbone if ours is None else state, source_windows)
+    except ValueError as e:
+        raise _explained(e, raw) from None
+    return _assign(model, fitted)
 
 # %% ../nbs/07_checkpoints.ipynb #b7c0a017
 def interpolate_position_table(table, old_window, new_window):

@@ -248,6 +248,66 @@ def test_new_head_when_classes_differ(tiny_ckpt, capsys):
         assert got["head.fc.weight"].shape == (3, 16 * 8)
 
 
+@pytest.fixture(scope="module")
+def every_format(tiny_ckpt, tmp_path_factory):
+    "tiny_ckpt's 7-class weights in every checkpoint format (PyTorch ones when torch is installed)."
+    d = tiny_ckpt["dir"]
+    files = [d / "tiny.safetensors", d / "tiny_official.npz", d / "tiny.weights.h5"]
+    try:
+        import torch
+    except ImportError:
+        return files
+    out = tmp_path_factory.mktemp("torch")
+    tensors = {k: torch.from_numpy(v) for k, v in C.timm_to_official(tiny_ckpt["state"]).items()}
+    for name in ("tiny.pth", "tiny.pth.tar", "tiny.bin"):
+        torch.save({"state_dict": tensors}, out / name)
+        files.append(out / name)
+    return files
+
+
+def test_load_for_inference_refuses_another_head_in_every_format(tiny_ckpt, every_format):
+    """Issue 24: outside fine-tuning a head of another class count is refused, in every format, naming both
+    counts and what to do; the model is untouched. (load_pretrained kept a random head, silently for the CLI.)"""
+    target = fresh(num_classes=3)
+    before = weights_numpy(target)
+    for source in [*every_format, tiny_ckpt["state"]]:
+        with pytest.raises(C.HeadMismatch) as e:
+            C.load_for_inference(target, source)
+        msg = str(e.value)
+        assert (e.value.checkpoint_classes, e.value.model_classes) == (7, 3), source
+        assert "7-class head" in msg and "3-class one" in msg and "Nothing was loaded" in msg
+        assert "num_classes=7" in msg and "fine-tune" in msg
+        if not isinstance(source, dict):
+            assert msg.startswith(source.name), msg
+    after = weights_numpy(target)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
+    for source in every_format:                       # the right head: every weight, outputs exact
+        m = C.load_for_inference(fresh(), source)
+        np.testing.assert_array_equal(run(m, tiny_ckpt["x"]), tiny_ckpt["out"])
+
+
+def test_load_for_inference_refuses_a_headless_checkpoint(tiny_ckpt, tmp_path):
+    "A backbone-only checkpoint in a model with a head: refused (the head would stay random); features: fine."
+    backbone = {k: v for k, v in tiny_ckpt["state"].items() if not k.startswith("head.")}
+    save_file(backbone, str(tmp_path / "backbone.safetensors"))
+    with pytest.raises(C.HeadMismatch, match=r"backbone.safetensors has no classification head.*7-class one"
+                                             r".*include_top=False") as e:
+        C.load_for_inference(fresh(), tmp_path / "backbone.safetensors")
+    assert e.value.checkpoint_classes is None and e.value.model_classes == 7
+    feats = C.load_for_inference(fresh(include_top=False, features_only=True), tmp_path / "backbone.safetensors")
+    assert C.model_classes(feats) is None and len(run(feats, tiny_ckpt["x"])) == 4
+    feats = C.load_for_inference(fresh(include_top=False, features_only=True), tiny_ckpt["dir"] / "tiny.weights.h5")
+    assert len(run(feats, tiny_ckpt["x"])) == 4
+
+
+def test_load_for_inference_names_another_architecture_first(tmp_path):
+    "Another variant with another head: the architecture is what the message is about, and the lookalike."
+    xxtiny = gcvit_nb.timm_state_dict(gcvit_nb.GCViT.from_variant("gcvit_xxtiny", num_classes=5))
+    with pytest.raises(ValueError, match="does not fit this model") as e:
+        C.load_for_inference(fresh(), xxtiny)
+    assert not isinstance(e.value, C.HeadMismatch) and "looks like gcvit_xxtiny" in str(e.value)
+
+
 def test_backbone_only_models_accept_full_checkpoints(tiny_ckpt):
     feats = C.load_pretrained(fresh(include_top=False, features_only=True), tiny_ckpt["dir"] / "tiny.safetensors")
     assert len(run(feats, tiny_ckpt["x"])) == 4
@@ -303,16 +363,40 @@ def test_predict_cli_refuses_keras_weights_of_another_variant(tmp_path, capsys):
     assert code != 0 and "does not fit" in captured.err + captured.out
 
 
-def test_non_finite_weights_warn(tiny_ckpt):
-    "Issue 15 #8: NaN/Inf in a checkpoint loads (it is what the file holds) with a warning naming the tensors."
+def test_non_finite_weights_are_refused(tiny_ckpt):
+    """Issue 24: NaN/Inf weights are refused at load time, naming the tensors, and nothing is loaded (they
+    used to load with a warning, and `gcvit-nb predict` printed "nan"); allow_non_finite=True loads them."""
     state = dict(tiny_ckpt["state"])
     state["stages.1.blocks.0.mlp.fc1.weight"] = state["stages.1.blocks.0.mlp.fc1.weight"].copy()
     state["stages.1.blocks.0.mlp.fc1.weight"][0, 0] = np.nan
     state["head.fc.bias"] = np.full_like(state["head.fc.bias"], np.inf)
-    with pytest.warns(RuntimeWarning, match=r"NaN or Inf values in 2 tensor\(s\).*head.fc.bias"):
-        gcvit_nb.load_timm_weights(fresh(), state)
+    target = fresh()
+    before = weights_numpy(target)
+    for load in (gcvit_nb.load_timm_weights, C.load_pretrained, C.load_for_inference):
+        with pytest.raises(ValueError, match=r"NaN or Inf values in 2 tensor\(s\).*head.fc.bias.*"
+                                             r"stages.1.blocks.0.mlp.fc1.weight.*Nothing was loaded"):
+            load(target, state)
+    after = weights_numpy(target)
+    assert all(np.array_equal(after[k], before[k]) for k in before)
     with pytest.warns(RuntimeWarning, match="NaN or Inf"):
-        C.load_pretrained(fresh(), state)
+        gcvit_nb.load_timm_weights(target, state, allow_non_finite=True)
+
+
+def test_integer_tensors_are_refused(tiny_ckpt, tmp_path):
+    """Issue 24: a checkpoint of integers is not weights; it used to be cast to float and loaded. Index buffers
+    (relative_position_index) are still ignored, as before."""
+    ints = {k: np.round(v * 10).astype("int64") for k, v in tiny_ckpt["state"].items()}
+    np.savez(tmp_path / "ints.npz", **ints)
+    for source in (ints, tmp_path / "ints.npz"):
+        with pytest.raises(ValueError, match="integer tensors.*head.fc.bias"):
+            gcvit_nb.load_timm_weights(fresh(), source)
+    torch = pytest.importorskip("torch")
+    torch.save({k: torch.from_numpy(v) for k, v in ints.items()}, tmp_path / "ints.pth")
+    with pytest.raises(ValueError, match=r"ints.pth holds integer tensors"):
+        C.read_checkpoint(tmp_path / "ints.pth")
+    one = {**tiny_ckpt["state"], "stem.conv1.bias": np.zeros(16, "int32")}
+    with pytest.raises(ValueError, match="integer tensors.*stem.conv1.bias"):
+        C.load_for_inference(fresh(), one)
 
 
 def test_good_weights_do_not_warn(tiny_ckpt, recwarn):
