@@ -8,6 +8,7 @@ __all__ = ['FINETUNE_PRECISIONS', 'EXPORT_FORMATS', 'BENCH_DEFAULTS', 'COMMANDS'
 # %% ../nbs/17_cli.ipynb #2b66b65e
 import argparse
 import importlib
+import math
 import os
 import platform
 import sys
@@ -25,6 +26,23 @@ def _fail(message: str, status: int = 1, prog: str = "gcvit-nb") -> int:
 def _progress(message: str):
     "One line on stderr before a slow step (stdout carries only the results)."
     print(message, file=sys.stderr, flush=True)
+
+def _head_refusal(e, weights, command: str) -> str:
+    "What `command` says when the weights' head does not fit (a HeadMismatch `e`)."
+    theirs = e.checkpoint_classes
+    has = (f"{weights} has a {theirs}-class head" if theirs
+           else f"{weights} has no classification head (a backbone only)")
+    if command == "predict":
+        other = ("use `gcvit-nb explain` or `gcvit-nb export` for it (they keep its "
+                 "own head), or " if theirs else "")
+        return (f"{has}, and predict names the {e.model_classes} ImageNet classes: "
+                f"nothing was run; {other}give ImageNet-1k weights")
+    if theirs:
+        return str(e)
+    kinds = ("a checkpoint with its head" if command == "convert" else "a checkpoint "
+             "with its head, a .keras model or a fine-tuning run directory")
+    return (f"{has}: {command} needs the head the weights were trained with and never "
+            f"makes up a random one; give {kinds}")
 
 # %% ../nbs/17_cli.ipynb #41dd7a9f
 def _installed(dist: str) -> str:
@@ -62,7 +80,8 @@ def _add_predict(sub):
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="image files, or folders (the images directly inside them)")
     p.add_argument("--model", default="gcvit_xxtiny", help="a variant (gcvit_xxtiny)")
-    p.add_argument("--weights", help="local checkpoint (default: download it)")
+    p.add_argument("--weights", help="checkpoint, .keras model or run directory with "
+                   "a 1000-class ImageNet head (default: download the variant's)")
     p.add_argument("--top", type=_top, default=5, help="classes per image (1-1000)")
 
 def run_predict(args) -> int:
@@ -77,24 +96,23 @@ def run_predict(args) -> int:
     if not paths:
         return _fail(f"no images to classify in {', '.join(args.images)} (a folder is "
                      f"searched for {', '.join(IMAGE_SUFFIXES)} files in it)", 2)
-    if args.weights and not os.path.isfile(args.weights):
+    if args.weights and not os.path.exists(args.weights):
         return _fail(f"weights file not found: {args.weights}", 2)
-    from gcvit_nb.checkpoints import (describe_checkpoint, read_checkpoint,
-                                      to_timm_layout)
     from gcvit_nb.backend import Predictor, use_jax_compilation_cache
-    from gcvit_nb.pretrained import create_model, decode_predictions, preprocess_image
-    if args.weights and not args.weights.endswith(".h5"):
-        state = to_timm_layout(read_checkpoint(args.weights))
-        classes = describe_checkpoint(state)["num_classes"]
-        if classes != 1000:
-            return _fail(f"{args.weights} has {classes} output classes; predict needs "
-                         "ImageNet-1k (1000-class) weights")
+    from gcvit_nb.checkpoints import HeadMismatch
+    from gcvit_nb.deploy import load_for_export
+    from gcvit_nb.pretrained import decode_predictions, preprocess_image
     cache = use_jax_compilation_cache()  # JAX: a second run skips XLA compilation
-    model = create_model(args.model, pretrained=args.weights or True)
+    try:                                 # ImageNet's head; never a random one
+        model = load_for_export(args.model, args.weights, num_classes=1000)
+    except HeadMismatch as e:
+        return _fail(_head_refusal(e, args.weights, "predict"), 1, "gcvit-nb predict")
+    except (ValueError, OSError) as e:  # weights that are not a GCViT's, or unreadable
+        return _fail(str(e), 1, "gcvit-nb predict")
     predictor = Predictor(model)        # one compiled forward pass, no predict loop
     size = model.gcvit_config["input_shape"][0]
     kept = f"kept in {cache} for later runs" if cache else "GCVIT_JAX_CACHE=off"
-    note = (f"compiling {args.model} for {size}x{size} images with XLA (up to a minute "
+    note = (f"compiling {model.name} for {size}x{size} images with XLA (up to a minute "
             f"on a CPU the first time; {kept})...")
     note = note if keras.backend.backend() == "jax" else None
     failed = []
@@ -136,11 +154,15 @@ def run_convert(args) -> int:
     if args.model not in VARIANTS:
         return _fail(f"unknown model {args.model!r}; choose one of "
                      f"{', '.join(VARIANTS)}", 2)
+    from gcvit_nb.checkpoints import HeadMismatch
     from gcvit_nb.deploy import convert_checkpoint
     _progress(f"converting {args.checkpoint} to {args.model} Keras weights, then "
               "verifying them by reloading (tens of seconds on a CPU)...")
     try:
         classes = convert_checkpoint(args.checkpoint, out, args.model)
+    except HeadMismatch as e:
+        return _fail(_head_refusal(e, args.checkpoint, "convert"), 1,
+                     "gcvit-nb convert")
     except OSError as e:
         return _fail(str(e))
     print(f"wrote {out}: {args.model}, {classes} classes, verified by reloading")
@@ -248,6 +270,7 @@ def run_explain(args) -> int:
     files = [*args.images, *([args.weights] if args.weights else [])]
     if missing := [f for f in files if not Path(f).exists()]:
         return _fail(f"No file at {', '.join(missing)}.", 1, "gcvit-nb explain")
+    from gcvit_nb.checkpoints import HeadMismatch
     from gcvit_nb.deploy import load_for_export
     from gcvit_nb.explain import explain_image
     try:
@@ -257,6 +280,8 @@ def run_explain(args) -> int:
                                    class_index=args.class_index, stage=args.stage,
                                    query=args.query)
             print(f"wrote {target}")
+    except HeadMismatch as e:
+        return _fail(_head_refusal(e, args.weights, "explain"), 2, "gcvit-nb explain")
     except (ValueError, OSError, RuntimeError) as e:
         hint = " (use --weights PATH)" if "download" in str(e) else ""
         status = 2 if isinstance(e, ValueError) else 1
@@ -265,6 +290,17 @@ def run_explain(args) -> int:
 
 # %% ../nbs/17_cli.ipynb #51627384
 EXPORT_FORMATS = ("saved_model", "onnx", "litert", "openvino")   # = deploy.FORMATS
+
+def _atol(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(
+            "expected a finite number >= 0, the largest allowed |artifact - Keras| "
+            f"logit difference (default 1e-4); got {text!r}")
+    return value
 
 def _add_export(sub):
     p = sub.add_parser("export", help="export to SavedModel / ONNX / LiteRT / OpenVINO",
@@ -278,22 +314,28 @@ def _add_export(sub):
     p.add_argument("--format", required=True,
                    help=f"one of {', '.join(EXPORT_FORMATS)}")
     p.add_argument("--out", required=True, help="output path (.xml for openvino)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it exists (else an existing one is refused)")
     p.add_argument("--image-size", type=int,
                    help="square input size (default: the model's)")
-    p.add_argument("--atol", type=float, default=1e-4,
+    p.add_argument("--atol", type=_atol, default=1e-4,
                    help="largest allowed |artifact - Keras| logit difference")
     p.add_argument("--threads", type=int, help="runtime threads for the check")
 
 def run_export(args) -> int:
     "0 = verified artifact written, 1 = failed, 2 = refused."
     deploy = importlib.import_module("gcvit_nb.deploy")
+    from gcvit_nb.checkpoints import HeadMismatch
     try:
         fmt = deploy.check_supported(args.format)
         if args.image_size is not None and args.image_size < 32:
             raise ValueError(f"--image-size must be >= 32 (got {args.image_size}).")
         deploy.check_installed(fmt)     # a missing runtime fails before any model
+        deploy.check_destination(args.out, fmt, args.overwrite)    # and a taken --out
         model = deploy.load_for_export(args.model, args.weights, args.image_size,
                                        args.random_weights)
+    except HeadMismatch as e:
+        return _fail(_head_refusal(e, args.weights, "export"), 2, "gcvit-nb export")
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         return _fail(str(e), 2, "gcvit-nb export")
     h, w = (int(d) for d in model.inputs[0].shape[1:3])
@@ -301,7 +343,7 @@ def run_export(args) -> int:
               f"verifying it in {deploy.RUNTIMES[fmt]}; a minute or more on a CPU...")
     try:
         r = deploy.export_model(model, args.out, fmt, atol=args.atol,
-                                threads=args.threads)
+                                threads=args.threads, overwrite=args.overwrite)
     except (deploy.ExportVerificationError, FileExistsError, ValueError, OSError) as e:
         return _fail(str(e), 1, "gcvit-nb export")
     print(r.summary())

@@ -2,16 +2,18 @@
 
 # %% auto #0
 __all__ = ['FORMATS', 'RUNTIMES', 'EXPORTERS', 'ExportUnsupported', 'ExportVerificationError', 'normalise_format',
-           'check_supported', 'check_installed', 'replace_erfc', 'load_artifact', 'verify_artifact', 'artifact_size',
-           'ExportResult', 'keras_logits', 'write_artifact', 'export_model', 'sample_images', 'load_for_export',
-           'convert_checkpoint']
+           'check_supported', 'check_installed', 'replace_erfc', 'load_artifact', 'verify_artifact',
+           'check_destination', 'artifact_size', 'ExportResult', 'keras_logits', 'write_artifact', 'export_model',
+           'sample_images', 'estimate_memory', 'check_image_size', 'load_for_export', 'convert_checkpoint']
 
 # %% ../nbs/14_deploy.ipynb #2a96a073
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,20 +207,34 @@ def _artifact_files(path: Path, fmt: str) -> list:
     return [path.with_suffix(".bin"), path] if fmt == "openvino" else [path]
 
 
-def _check_destination(path: Path, fmt: str):
+def check_destination(path, fmt: str, overwrite: bool = False) -> Path:
+    """Refuse a destination `export_model` must not write: an existing file or pair
+    (unless `overwrite`), a folder where a file goes, or a non-empty folder that is not
+    a SavedModel (even with `overwrite`)."""
+    fmt, path = normalise_format(fmt), Path(path)
     if fmt == "openvino" and path.suffix != ".xml":
         raise ValueError("An OpenVINO model is a .xml + .bin pair: give --out a .xml "
                          f"path (got {path.name}).")
     if fmt == "saved_model":
         if path.is_file():
             raise FileExistsError(f"{path} is a file; a SavedModel is a directory.")
-        foreign = not (path / "saved_model.pb").exists()
-        if path.is_dir() and any(path.iterdir()) and foreign:
+        if not path.is_dir() or not any(path.iterdir()):
+            return path
+        if not (path / "saved_model.pb").exists():
             raise FileExistsError(
                 f"{path} is a non-empty directory that is not a SavedModel; choose "
                 "another --out so that nothing is overwritten.")
+        taken = [path]
     elif path.is_dir():
         raise FileExistsError(f"{path} is a directory; a {fmt} artifact is a file.")
+    else:
+        taken = [p for p in _artifact_files(path, fmt) if os.path.lexists(p)]
+    if taken and not overwrite:
+        raise FileExistsError(
+            f"{' and '.join(map(str, taken))} already exist{'s' * (len(taken) == 1)}; "
+            "an export replaces an existing output only when asked (overwrite=True, "
+            "or --overwrite on the command line).")
+    return path
 
 
 def _publish(tmp: Path, path: Path, fmt: str, scratch: Path):
@@ -300,13 +316,18 @@ def write_artifact(model, path, fmt: str):
 
 # %% ../nbs/14_deploy.ipynb #b0f9eec4
 def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
-                 threads: int | None = None) -> ExportResult:
+                 threads: int | None = None, overwrite: bool = False) -> ExportResult:
     """Export `model` to `path` as `fmt`, verified in the format's own runtime against
-    the Keras logits on `images` (default: three photos); written to a temporary path
-    and renamed into place only when the check passes."""
+    the Keras logits on `images` (default: three photos) to within `atol`; written to
+    a temporary path and renamed into place only when the check passes. An existing
+    output is replaced only with `overwrite=True`."""
+    if isinstance(atol, bool) or not isinstance(atol, (int, float, np.floating)) \
+            or not np.isfinite(atol):
+        raise ValueError(f"atol must be a finite number, got {atol!r}: a NaN or "
+                         "infinite tolerance would pass any artifact.")
     fmt, path, backend = check_supported(fmt), Path(path), keras.backend.backend()
     check_installed(fmt, photos=images is None)     # before any slow work
-    _check_destination(path, fmt)
+    check_destination(path, fmt, overwrite)
     model = _float32_model(model)
     size = tuple(int(d) for d in model.inputs[0].shape[1:3])
     images = sample_images(size[0]) if images is None else np.asarray(images, "float32")
@@ -350,45 +371,161 @@ def sample_images(size: int = 224) -> np.ndarray:
     return preprocess_image(photos, size=size)
 
 # %% ../nbs/14_deploy.ipynb #8fab8d45
-def load_for_export(name=None, weights=None, image_size=None, random_weights=False):
-    """A .keras model or a run directory (its best.keras) in `weights`, else variant
-    `name` with `weights` (a checkpoint; default: its pretrained one); resized to
-    `image_size` if given."""
-    from gcvit_nb.pretrained import create_model  # also registers GCViT for load_model
-    if weights is not None:
-        weights = Path(weights)
-        if weights.is_dir():
-            if not (weights / "best.keras").exists():
-                raise FileNotFoundError(
-                    f"{weights} is a directory without best.keras: give a fine-tuning "
-                    "run directory or a weights file.")
-            weights = weights / "best.keras"
+def _available_memory():
+    "Bytes of memory available now (Linux: MemAvailable), else physical; None: unknown."
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def estimate_memory(config: dict, image_size: int, batch: int = 3) -> int:
+    """Rough bytes a forward pass of a GCViT with `config` (its arguments, as in
+    VARIANTS) needs for `batch` images of `image_size`²: the input, the largest stage's
+    activations and attention scores, and the position tables, in float32."""
+    from gcvit_nb.model import stage_geometry
+    side, depths, heads = int(image_size), config["depths"], config["num_heads"]
+    feats, windows = stage_geometry(
+        (side, side, 3), config.get("window_ratio", (32, 32, 16, 32)),
+        config.get("window_size"), len(depths))
+    stage, tables = 0, 0
+    for i, ((fh, fw), (wh, ww)) in enumerate(zip(feats, windows)):
+        tokens, count = wh * ww, -(-fh // wh) * -(-fw // ww)
+        maps = count * tokens * config["embed_dim"] * 2 ** i     # padded feature map
+        scores = count * heads[i] * tokens ** 2                  # one block's attention
+        stage = max(stage, scores + maps * (4 + config["mlp_ratio"]))
+        tables += depths[i] * heads[i] * (2 * wh - 1) * (2 * ww - 1)
+    return int(4 * (batch * (3 * side * side + stage) + tables))
+
+
+def _gib(n: float) -> str:
+    "Bytes as GiB (MiB under one GiB): '3.2 GiB', '46,566,129 GiB', '512 MiB'."
+    g = n / 2 ** 30
+    if g < 1:
+        return f"{n / 2 ** 20:.0f} MiB"
+    return f"{g:,.0f} GiB" if g >= 10 else f"{g:.1f} GiB"
+
+
+def check_image_size(config: dict, image_size: int, batch: int = 3):
+    "Refuse (ValueError), before anything is allocated, a size that cannot fit."
+    need, have = estimate_memory(config, image_size, batch), _available_memory()
+    if have is not None and need > have:
+        raise ValueError(
+            f"A {image_size}x{image_size} input needs about {_gib(need)} of memory for "
+            f"{batch} images (window attention grows with the 4th power of the side), "
+            f"and {_gib(have)} is available: choose a smaller image size.")
+
+
+def _model_file(weights: Path) -> Path:
+    "`weights`, or the best.keras of a fine-tuning run directory."
+    if not weights.is_dir():
+        return weights
+    if not (weights / "best.keras").exists():
+        raise FileNotFoundError(
+            f"{weights} is a directory without best.keras: give a fine-tuning run "
+            "directory or a weights file.")
+    return weights / "best.keras"
+
+
+def _load_keras(path: Path):
+    "The GCViT saved in a .keras file, or a ValueError that says what the file is."
+    from gcvit_nb.model import GCViT
+    if not path.is_file():
+        raise FileNotFoundError(f"No .keras file at {path}.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a readable .keras file: a .keras model is a "
+                         "zip archive, and this one is truncated, corrupt or not one.")
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except ImportError:
+        raise
+    except Exception as e:      # Keras raises TypeError, ValueError, KeyError, ...
+        text = str(e)
+        custom = re.search(r"Could not locate (?:function|class) '([^']+)'", text)
+        if custom:
+            raise ValueError(
+                f"{path} needs {custom[1]!r}, custom code that is not defined here "
+                "(not part of gcvit-nb): load it in Python after importing that code."
+            ) from None
+        first = (text.strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(
+            f"{path} could not be loaded as a Keras model: {first}") from None
+    if not isinstance(model, GCViT):
+        raise ValueError(
+            f"{path} holds a Keras {type(model).__name__} named {model.name!r}, not a "
+            "GCViT: give a GCViT saved as .keras (a fine-tuning run's best.keras, or "
+            "create_model(...).save(...)), a checkpoint with --model, or a run "
+            "directory.")
+    return model
+
+
+def _load_checkpoint(model, state, path):
+    "`load_for_inference`, with the file's name in a refused head's message."
+    from gcvit_nb.checkpoints import HeadMismatch, load_for_inference
+    try:
+        return load_for_inference(model, state)
+    except HeadMismatch as e:
+        raise HeadMismatch(e.checkpoint_classes, e.model_classes, Path(path).name) \
+            from None
+
+
+def load_for_export(name=None, weights=None, image_size=None, random_weights=False,
+                    num_classes=None):
+    """The model a command names: a .keras model or a run directory (its best.keras) in
+    `weights`, else variant `name` with `weights` (a checkpoint; default: its pretrained
+    one), rebuilt for `image_size` if given. The head is the file's own: `num_classes`,
+    when given, is the head the caller needs, and another is refused (HeadMismatch), as
+    is a checkpoint without a head; no head is ever left random."""
+    from gcvit_nb.checkpoints import (check_head, checkpoint_classes, model_classes,
+                                      read_checkpoint, resize_model)
+    from gcvit_nb.model import VARIANTS
+    from gcvit_nb.pretrained import create_model, download_checkpoint  # + registers
+    side = None if image_size is None else int(image_size)
+    weights = None if weights is None else _model_file(Path(weights))
     if weights is not None and weights.suffix == ".keras":
-        model = keras.models.load_model(weights, compile=False)
-    elif name is None:
+        model = _load_keras(weights)
+        if num_classes is not None:
+            check_head(model_classes(model), num_classes, weights.name)
+        if side is None or tuple(model.inputs[0].shape[1:3]) == (side, side):
+            return model
+        check_image_size(model.gcvit_config, side)
+        return resize_model(model, (side, side, 3))
+    if name is None:
         raise ValueError("Name the variant with --model (e.g. gcvit_xxtiny), or give a "
                          ".keras model or run directory with --weights.")
-    else:
-        pretrained = False if random_weights else (str(weights) if weights else True)
-        size = None if image_size is None else (image_size, image_size, 3)
-        return create_model(name, pretrained=pretrained, input_shape=size)
-    size = tuple(model.inputs[0].shape[1:3])
-    if image_size is not None and size != (image_size, image_size):
-        from gcvit_nb.checkpoints import resize_model
-        model = resize_model(model, (image_size, image_size, 3))
-    return model
+    if name not in VARIANTS:
+        raise ValueError(f"Unknown GCViT variant {name!r}. "
+                         f"Valid names: {', '.join(VARIANTS)}.")
+    if side is not None:
+        check_image_size(VARIANTS[name], side)
+    shape = None if side is None else (side, side, 3)
+    if random_weights:
+        return create_model(name, input_shape=shape, num_classes=num_classes or 1000)
+    source = weights or download_checkpoint(name)
+    state = read_checkpoint(source)
+    classes = num_classes or checkpoint_classes(state) or 1000   # no head: refused
+    model = create_model(name, input_shape=shape, num_classes=classes)
+    return _load_checkpoint(model, state, source)
 
 # %% ../nbs/14_deploy.ipynb #55d9a8c9
 def convert_checkpoint(checkpoint, output, variant: str) -> int:
     """Write the timm/official `checkpoint` as Keras weights of `variant` to `output`
-    (a .weights.h5 path), verified by reloading; returns its number of classes."""
-    from gcvit_nb.checkpoints import (describe_checkpoint, read_checkpoint,
-                                      to_timm_layout)
+    (a .weights.h5 path), verified by reloading; returns its number of classes. A
+    checkpoint without a head is refused (HeadMismatch): no head is made up."""
+    from gcvit_nb.checkpoints import checkpoint_classes, read_checkpoint
     from gcvit_nb.pretrained import create_model
     from gcvit_nb.runs import atomic_write
-    state = to_timm_layout(read_checkpoint(checkpoint))
-    classes = describe_checkpoint(state)["num_classes"] or 1000
-    model = create_model(variant, pretrained=checkpoint, num_classes=classes)
+    state = read_checkpoint(checkpoint)
+    classes = checkpoint_classes(state) or 1000          # no head: refused below
+    model = _load_checkpoint(create_model(variant, num_classes=classes), state,
+                             checkpoint)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(1, *model.gcvit_config["input_shape"])).astype("float32")
     expected = model.predict(x, verbose=0)

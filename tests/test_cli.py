@@ -329,6 +329,191 @@ def test_convert_round_trip(files, capsys, tmp_path):
     assert a == b and len(_predictions(a)[photo]) == 5
 
 
+# -- a head that does not fit is refused, whatever the format (issue 24) ------------------------------------
+
+@pytest.fixture(scope="module")
+def heads(tmp_path_factory):
+    """gcvit_xxtiny weights with a 5-class head in every checkpoint format, the same without a head, a TINY
+    7-class model as .keras and as a run directory, and three .keras files that are no GCViT to load."""
+    from safetensors.numpy import save_file
+    from conftest import tiny_model
+    from gcvit_nb.checkpoints import timm_state_dict
+    from gcvit_nb.model import GCViT
+    d = tmp_path_factory.mktemp("heads")
+    keras.utils.set_random_seed(1)
+    five = GCViT.from_variant("gcvit_xxtiny", num_classes=5)
+    state = timm_state_dict(five)
+    save_file(state, str(d / "x5.safetensors"))
+    np.savez(d / "x5.npz", **state)
+    five.save_weights(d / "x5.weights.h5")
+    save_file({k: v for k, v in state.items() if not k.startswith("head.")}, str(d / "backbone.safetensors"))
+    torch = pytest.importorskip("torch")
+    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state.items()}}, d / "x5.pth.tar")
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, d / "x5.bin")
+    tiny = tiny_model((64, 64, 3), seed=2)
+    tiny.save(d / "tiny7.keras")
+    (d / "run").mkdir()
+    tiny.save(d / "run" / "best.keras")
+    blob = (d / "tiny7.keras").read_bytes()
+    (d / "cut.keras").write_bytes(blob[: len(blob) // 2])
+    inputs = keras.Input((4,))
+    keras.Model(inputs, keras.layers.Dense(3)(inputs), name="plain").save(d / "dense.keras")
+
+    @keras.saving.register_keras_serializable(package="gcvit_nb_test")
+    def squash(x):
+        return x
+    keras.Model(inputs, keras.layers.Dense(3, activation=squash)(inputs)).save(d / "custom.keras")
+    del keras.saving.get_custom_objects()["gcvit_nb_test>squash"]     # as in a process without that code
+    return d
+
+
+def _error_line(err: str, command: str) -> str:
+    "The one `gcvit-nb COMMAND: error:` line (never a traceback)."
+    lines = [line for line in err.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert lines[0].startswith(f"gcvit-nb {command}: error: "), lines[0]
+    return lines[0]
+
+
+def test_predict_refuses_a_head_that_is_not_imagenets(heads, files, capsys):
+    """Issue 24: `predict --weights x5.weights.h5` printed ImageNet labels from a random head (the class check
+    skipped .h5 files). Every format is refused now, naming both class counts and what to use instead; a .keras
+    model and a run directory are read too (they were not before), and checked the same way."""
+    photo = str(files / "chelsea.jpg")
+    cases = [("x5.safetensors", 5), ("x5.npz", 5), ("x5.pth.tar", 5), ("x5.bin", 5), ("x5.weights.h5", 5),
+             ("tiny7.keras", 7), ("run", 7), ("backbone.safetensors", None)]
+    for name, classes in cases:
+        status, out, err = _run(capsys, ["predict", photo, "--weights", str(heads / name)])
+        line = _error_line(err, "predict")
+        assert status == 1 and out == "", (name, out)
+        assert line.startswith(f"gcvit-nb predict: error: {heads / name} has "), line
+        assert "predict names the 1000 ImageNet classes" in line and "nothing was run" in line, line
+        if classes:
+            assert f"has a {classes}-class head" in line and "`gcvit-nb export`" in line, line
+        else:
+            assert "has no classification head" in line, line
+
+
+def test_no_command_makes_up_a_head(heads, files, tmp_path, monkeypatch, capsys):
+    """Issue 24: a checkpoint without a head got a random 1000-class one: `explain` drew its maps, `export`
+    called the artifact verified, `convert` wrote it. Each refuses now, before any work, and writes nothing."""
+    from gcvit_nb import deploy, explain
+
+    def no_work(*a, **k):
+        raise AssertionError("worked on a model with a random head")
+    monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)   # any backend, any package
+    monkeypatch.setattr(deploy, "check_installed", lambda fmt, **k: fmt)
+    monkeypatch.setattr(deploy, "export_model", no_work)
+    monkeypatch.setattr(explain, "explain_image", no_work)
+    backbone = str(heads / "backbone.safetensors")
+    runs = {"explain": (2, ["explain", str(files / "chelsea.jpg"), "--weights", backbone,
+                            "--out", str(tmp_path / "maps")]),
+            "export": (2, ["export", "--model", "gcvit_xxtiny", "--weights", backbone, "--format", "onnx",
+                           "--out", str(tmp_path / "m.onnx")]),
+            "convert": (1, ["convert", backbone, str(tmp_path / "b.weights.h5"), "--model", "gcvit_xxtiny"])}
+    for command, (code, argv) in runs.items():
+        status, out, err = _run(capsys, argv)
+        line = _error_line(err, command)
+        assert status == code and out == "", (command, status, out)
+        assert f"error: {backbone} has no classification head (a backbone only): {command} needs the head" \
+            in line and "never makes up a random one" in line, line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["predict", "explain", "export"])
+def test_keras_files_that_are_no_gcvit_get_one_line(command, heads, files, tmp_path, monkeypatch, capsys):
+    """Issue 24: a .keras that holds another Keras model (TypeError later on), one that needs custom code
+    ("Could not locate function") and a truncated one (Keras: "File not found") end in one line each."""
+    from gcvit_nb import deploy
+    monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)
+    monkeypatch.setattr(deploy, "check_installed", lambda fmt, **k: fmt)
+    expected = {"dense.keras": "holds a Keras Functional named 'plain', not a GCViT",
+                "custom.keras": "needs 'gcvit_nb_test>squash', custom code that is not defined here",
+                "cut.keras": "is not a readable .keras file"}
+    for name, text in expected.items():
+        weights = str(heads / name)
+        argv = {"predict": ["predict", str(files / "chelsea.jpg"), "--weights", weights],
+                "explain": ["explain", str(files / "chelsea.jpg"), "--weights", weights, "--out", str(tmp_path)],
+                "export": ["export", "--weights", weights, "--format", "onnx", "--out", str(tmp_path / "m.onnx")]}
+        status, out, err = _run(capsys, argv[command])
+        assert status != 0 and out == "", (name, err)
+        assert _error_line(err, command).startswith(f"gcvit-nb {command}: error: {weights} {text}"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_predict_refuses_weights_that_are_not_finite_floats(files, tmp_path, capsys):
+    """Issue 24: NaN weights loaded with a warning and predict printed "mountain_tent nan" with exit 0; integer
+    tensors were cast to float and run. Both are refused at load time, naming the tensors; nothing is printed."""
+    from safetensors.numpy import load_file, save_file
+    state = load_file(str(files / "random.safetensors"))
+    state["head.fc.bias"] = np.full_like(state["head.fc.bias"], np.nan)
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    ints = {k: np.round(v).astype("int32") for k, v in load_file(str(files / "random.safetensors")).items()}
+    save_file(ints, str(tmp_path / "ints.safetensors"))
+    for name, text in (("nan.safetensors", "NaN or Inf values in 1 tensor(s) (head.fc.bias)"),
+                       ("ints.safetensors", "ints.safetensors holds integer tensors, which are not weights")):
+        status, out, err = _run(capsys, ["predict", str(files / "chelsea.jpg"), "--weights", str(tmp_path / name)])
+        assert status == 1 and out == "" and text in _error_line(err, "predict"), err
+
+
+# -- export: options refused before any work (issue 24) -----------------------------------------------------
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize("atol", ["nan", "-1", "inf", "-inf", "-1e-9", "abc", ""])
+def test_bad_atol_is_refused_by_the_parser(atol, capsys):
+    "`--atol nan` passed every artifact (|diff| > nan is never true) and `--atol -1` failed after the export."
+    base = ["export", "--model", "gcvit_xxtiny", "--format", "onnx", "--out", "m.onnx"]
+    with pytest.raises(SystemExit) as e:
+        cli.parse_args([*base, f"--atol={atol}"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "argument --atol: expected a finite number >= 0" in err and repr(atol) in err, err
+    assert cli.parse_args([*base, "--atol", "0"]).atol == 0.0
+    assert cli.parse_args([*base, "--atol", "1e-3"]).atol == 1e-3
+
+
+def _no_model(monkeypatch):
+    "Refused requests build no model: load_for_export and create_model fail if they are reached."
+    from gcvit_nb import deploy, pretrained
+
+    def reached(*a, **k):
+        raise ValueError("reached the model")
+    monkeypatch.setattr(pretrained, "create_model", reached)
+    monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)
+    monkeypatch.setattr(deploy, "check_installed", lambda fmt, **k: fmt)
+
+
+def test_export_never_replaces_a_file_unasked(tmp_path, monkeypatch, capsys):
+    """Issue 24: `gcvit-nb export --out notes.txt` replaced the user's notes with ONNX bytes. An existing --out
+    is refused before any model is built, unless --overwrite is given."""
+    _no_model(monkeypatch)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    argv = ["export", "--model", "gcvit_xxtiny", "--format", "onnx", "--out", str(notes)]
+    status, out, err = _run(capsys, argv)
+    line = _error_line(err, "export")
+    assert status == 2 and out == "" and notes.read_text() == "my notes"
+    assert f"{notes} already exists; an export replaces an existing output only when asked" in line
+    assert "--overwrite" in line
+    status, _, err = _run(capsys, [*argv, "--overwrite", "--random-weights"])     # asked: on to the model
+    assert status == 2 and "reached the model" in err and notes.read_text() == "my notes"
+    xml = tmp_path / "m.xml"
+    xml.with_suffix(".bin").write_bytes(b"weights")                # OpenVINO: the .bin alone counts
+    status, _, err = _run(capsys, ["export", "--model", "gcvit_xxtiny", "--format", "openvino", "--out", str(xml)])
+    assert status == 2 and "m.bin already exists" in _error_line(err, "export")
+
+
+def test_export_refuses_an_image_size_that_cannot_fit(tmp_path, monkeypatch, capsys):
+    """Issue 24: `--image-size 100000` went on to build the model (position tables alone of many GiB). It is
+    refused before anything is allocated, with the estimate and what is available."""
+    _no_model(monkeypatch)
+    status, out, err = _run(capsys, ["export", "--model", "gcvit_xxtiny", "--format", "onnx",
+                                     "--out", str(tmp_path / "m.onnx"), "--image-size", "100000"])
+    line = _error_line(err, "export")
+    assert status == 2 and out == "" and list(tmp_path.iterdir()) == []
+    assert "A 100000x100000 input needs about " in line and " GiB of memory" in line and "available" in line
+
+
 # -- writing: read-only folder and full disk ---------------------------------------------------------------
 
 def _fail_saving(monkeypatch, err_no):
@@ -368,6 +553,7 @@ def test_convert_into_a_read_only_folder(files, tmp_path, capsys):
 # -- fuzzing the arguments -------------------------------------------------------------------------------
 
 class _FakeModel:
+    name = "fake"
     gcvit_config = {"input_shape": (32, 32, 3)}
 
     def predict(self, x, verbose=0):
@@ -377,8 +563,8 @@ class _FakeModel:
 def _use_fake_model(monkeypatch):
     "predict gets _FakeModel, run as it is (not compiled by backend.Predictor)."
     import gcvit_nb.backend as backend
-    import gcvit_nb.pretrained as pretrained
-    monkeypatch.setattr(pretrained, "create_model", lambda *a, **k: _FakeModel())
+    import gcvit_nb.deploy as deploy
+    monkeypatch.setattr(deploy, "load_for_export", lambda *a, **k: _FakeModel())
     monkeypatch.setattr(backend, "Predictor", lambda model: model.predict)
 
 

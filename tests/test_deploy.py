@@ -151,7 +151,8 @@ def test_failed_verification_keeps_the_existing_output(fmt, small_model, photos6
     path = out_path(tmp_path, fmt)
     keep = _previous_output(path, fmt)
     with pytest.raises(deploy.ExportVerificationError, match="Nothing was written"):
-        deploy.export_model(small_model, path, fmt, images=photos64, atol=-1.0)  # never met
+        deploy.export_model(small_model, path, fmt, images=photos64, atol=-1.0,  # never met
+                            overwrite=True)
     assert keep.read_bytes() == b"previous export"
     assert leftovers(tmp_path) == []
 
@@ -171,7 +172,7 @@ def test_crashed_export_keeps_the_existing_output(fmt, small_model, photos64, tm
     path = out_path(tmp_path, fmt)
     keep = _previous_output(path, fmt)
     with pytest.raises(RuntimeError, match="converter crashed"):
-        deploy.export_model(small_model, path, fmt, images=photos64)
+        deploy.export_model(small_model, path, fmt, images=photos64, overwrite=True)
     assert keep.read_bytes() == b"previous export"
     assert leftovers(tmp_path) == []
 
@@ -194,7 +195,7 @@ def test_artifact_its_runtime_cannot_run_is_refused(fmt, small_model, photos64, 
     path = out_path(tmp_path, fmt)
     keep = _previous_output(path, fmt)
     with pytest.raises(deploy.ExportVerificationError, match="could not run.*Nothing was written"):
-        deploy.export_model(small_model, path, fmt, images=photos64)
+        deploy.export_model(small_model, path, fmt, images=photos64, overwrite=True)
     assert keep.read_bytes() == b"previous export"
     assert leftovers(tmp_path) == []
 
@@ -204,12 +205,96 @@ def test_foreign_destinations_are_refused(small_model, tmp_path):
     folder.mkdir()
     (folder / "keep.txt").write_text("mine")
     with pytest.raises(FileExistsError, match="not a SavedModel"):
-        deploy._check_destination(folder, "saved_model")
+        deploy.check_destination(folder, "saved_model", overwrite=True)
     with pytest.raises(ValueError, match=r"\.xml"):
-        deploy._check_destination(tmp_path / "model.bin", "openvino")
+        deploy.check_destination(tmp_path / "model.bin", "openvino")
     with pytest.raises(FileExistsError, match="is a directory"):
-        deploy._check_destination(folder, "onnx")
+        deploy.check_destination(folder, "onnx", overwrite=True)
     assert (folder / "keep.txt").read_text() == "mine"
+
+
+class _Reached(Exception):
+    "Raised by a stand-in for the first slow step: the request got past every refusal."
+
+
+def _reach(*a, **k):
+    raise _Reached
+
+
+@pytest.mark.parametrize("fmt", deploy.FORMATS)
+def test_an_existing_output_is_replaced_only_when_asked(fmt, small_model, photos64, tmp_path, monkeypatch):
+    """Issue 24: export_model replaced whatever was at `path` (`--out notes.txt` became ONNX bytes). Any existing
+    output, an earlier export included, is refused before any work unless overwrite=True."""
+    monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)     # every format on any backend
+    monkeypatch.setattr(deploy, "check_installed", lambda fmt, **k: fmt)
+    monkeypatch.setattr(deploy, "keras_logits", _reach)
+    path = out_path(tmp_path, fmt)
+    keep = _previous_output(path, fmt)
+    with pytest.raises(FileExistsError, match=r"already exists?; an export replaces an existing output only "
+                                              r"when asked \(overwrite=True"):
+        deploy.export_model(small_model, path, fmt, images=photos64)
+    assert keep.read_bytes() == b"previous export"
+    with pytest.raises(_Reached):
+        deploy.export_model(small_model, path, fmt, images=photos64, overwrite=True)
+    if fmt in ("onnx", "litert"):                                # a user's file, not an export
+        notes = tmp_path / "notes.txt"
+        notes.write_text("my notes")
+        with pytest.raises(FileExistsError, match="notes.txt already exists"):
+            deploy.export_model(small_model, notes, fmt, images=photos64)
+        assert notes.read_text() == "my notes"
+    if fmt == "saved_model":                                     # an empty folder is no output yet
+        (tmp_path / "empty").mkdir()
+        with pytest.raises(_Reached):
+            deploy.export_model(small_model, tmp_path / "empty", fmt, images=photos64)
+
+
+@pytest.mark.parametrize("atol", [float("nan"), float("inf"), "1e-4", None])
+def test_export_model_refuses_a_tolerance_that_passes_anything(atol, small_model, tmp_path, monkeypatch):
+    "Issue 24: atol=nan passed any artifact (|diff| > nan is never true); it is refused before any work."
+    monkeypatch.setattr(deploy, "keras_logits", _reach)
+    monkeypatch.setattr(deploy, "check_supported", _reach)
+    with pytest.raises(ValueError, match="atol must be a finite number"):
+        deploy.export_model(small_model, tmp_path / "m.onnx", "onnx", atol=atol)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_load_for_export_keeps_the_checkpoints_head(tmp_path):
+    """Issue 24: a fine-tuned 5-class checkpoint was loaded under a random 1000-class head, which `export` then
+    called verified and `explain` explained. The model now has the checkpoint's head, every weight loaded; a
+    caller that needs another head (predict: 1000) is refused, naming the file and both counts."""
+    from safetensors.numpy import save_file
+    from gcvit_nb.checkpoints import HeadMismatch, model_classes, timm_state_dict
+    from gcvit_nb.model import GCViT
+    state = timm_state_dict(GCViT.from_variant("gcvit_xxtiny", num_classes=5))
+    save_file(state, str(tmp_path / "five.safetensors"))
+    model = deploy.load_for_export("gcvit_xxtiny", tmp_path / "five.safetensors")
+    assert model_classes(model) == 5
+    got = timm_state_dict(model)
+    assert all(np.array_equal(got[k], v) for k, v in state.items())
+    with pytest.raises(HeadMismatch, match=r"five.safetensors has a 5-class head and the model a 1000-class one"):
+        deploy.load_for_export("gcvit_xxtiny", tmp_path / "five.safetensors", num_classes=1000)
+    tiny_model((64, 64, 3), seed=4).save(tmp_path / "seven.keras")      # a whole model: its head is checked too
+    assert model_classes(deploy.load_for_export(weights=tmp_path / "seven.keras")) == 7
+    with pytest.raises(HeadMismatch, match=r"seven.keras has a 7-class head and the model a 1000-class one"):
+        deploy.load_for_export(weights=tmp_path / "seven.keras", num_classes=1000)
+
+
+def test_memory_estimate_refuses_a_size_that_cannot_fit(tmp_path, monkeypatch):
+    "Issue 24: the size is checked against the memory available before any model is built or resized."
+    from gcvit_nb.model import VARIANTS
+    xxtiny = VARIANTS["gcvit_xxtiny"]
+    small = deploy.estimate_memory(xxtiny, 224)
+    assert 2 ** 20 < small < 2 ** 30
+    assert deploy.estimate_memory(xxtiny, 448) > 5 * small              # attention: faster than the pixels
+    with pytest.raises(ValueError, match=r"A 100000x100000 input needs about [\d,]+ GiB of memory for 3 images"):
+        deploy.check_image_size(xxtiny, 100000)
+    monkeypatch.setattr(deploy, "_available_memory", lambda: small // 2)
+    with pytest.raises(ValueError, match=r"A 224x224 input needs about \d+ MiB .* and \d+ MiB is available"):
+        deploy.load_for_export("gcvit_xxtiny", image_size=224, random_weights=True)
+    tiny_model((64, 64, 3), seed=4).save(tmp_path / "tiny.keras")       # a .keras: before it is resized
+    monkeypatch.setattr(deploy, "_available_memory", lambda: 2 ** 20)
+    with pytest.raises(ValueError, match="A 96x96 input needs about"):
+        deploy.load_for_export(weights=tmp_path / "tiny.keras", image_size=96)
 
 
 def test_erfc_nodes_are_rewritten_as_one_minus_erf(tmp_path):
@@ -268,7 +353,7 @@ def test_cli_refusals_exit_2(tmp_path, capsys):
     assert _export(["--model", "gcvit_xxtiny", "--format", "coreml", "--out", str(out)]) == 2
     assert "choose one of" in capsys.readouterr().err
     if OWN:
-        assert _export(["--weights", str(tmp_path), "--format", OWN[0], "--out", str(out)]) == 2
+        assert _export(["--weights", str(tmp_path), "--format", OWN[0], "--out", str(out_path(tmp_path, OWN[0]))]) == 2
         assert "best.keras" in capsys.readouterr().err
     if NOT_OWN:
         fmt = NOT_OWN[0]
