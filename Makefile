@@ -53,7 +53,7 @@ test-units: setup data
 	@echo "== make $@: started"
 	@for backend in $(BACKENDS); do \
 	  echo "== pytest with KERAS_BACKEND=$$backend"; \
-	  rc=0; KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider tests || rc=$$?; \
+	  rc=0; KERAS_BACKEND=$$backend $(VPY) -m pytest -q -p no:cacheprovider --durations=12 tests || rc=$$?; \
 	  if [ $$rc = 5 ]; then echo "pytest collected no tests under $$backend: that is a failure"; exit 1; fi; \
 	  [ $$rc = 0 ] || exit $$rc; \
 	done

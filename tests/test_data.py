@@ -12,6 +12,9 @@ from _training import CLASSES, make_image_folder
 from gcvit_nb import data as dm
 
 
+# tf.data pipelines and file readers: the same on every Keras backend
+pytestmark = pytest.mark.one_backend
+
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
     return make_image_folder(tmp_path_factory.mktemp("images"))

@@ -21,6 +21,7 @@ import keras
 from gcvit_nb import runs
 
 
+@pytest.mark.one_backend
 def test_atomic_write_replaces_whole_files_and_cleans_up(tmp_path):
     target = tmp_path / "model.keras"
     seen = []
@@ -40,6 +41,7 @@ def test_atomic_write_replaces_whole_files_and_cleans_up(tmp_path):
         runs.atomic_write(tmp_path / "x.json", lambda tmp: None)
 
 
+@pytest.mark.one_backend
 def test_atomic_write_full_disk_names_the_path(tmp_path):
     (tmp_path / "m.json").write_text("old")
     def full(tmp):
@@ -52,6 +54,7 @@ def test_atomic_write_full_disk_names_the_path(tmp_path):
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write into a read-only folder")
+@pytest.mark.one_backend
 def test_atomic_write_read_only_folder(tmp_path):
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -104,6 +107,7 @@ def _copy(run, tmp_path):
     return tmp_path / "run"
 
 
+@pytest.mark.one_backend
 def test_foreign_folder_is_refused_and_left_alone(tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
@@ -249,6 +253,7 @@ def test_a_lock_from_another_host_is_refused_while_held_only(tmp_path):
     _taken(run)                  # the text alone decides nothing: nobody holds the lock
 
 
+@pytest.mark.one_backend
 def test_a_lock_held_through_another_open_file_of_this_process_refuses(tmp_path):
     "flock belongs to an open file, not a process: a second open here is refused."
     run = tmp_path / "run"
@@ -360,6 +365,7 @@ def test_racing_runs_never_hold_a_lock_together(tmp_path):
     assert min(result["holders"]) >= 1, result         # and someone always got it
 
 
+@pytest.mark.one_backend
 def test_a_directory_where_the_lock_file_belongs_is_named(tmp_path):
     run = tmp_path / "run"
     (run / LOCK).mkdir(parents=True)
@@ -372,6 +378,7 @@ def test_a_directory_where_the_lock_file_belongs_is_named(tmp_path):
     assert (run / LOCK).is_dir() and sorted(p.name for p in run.iterdir()) == [LOCK]
 
 
+@pytest.mark.one_backend
 def test_a_link_where_the_lock_file_belongs_is_named(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
@@ -384,6 +391,7 @@ def test_a_link_where_the_lock_file_belongs_is_named(tmp_path):
     assert not (tmp_path / "elsewhere").exists()         # nothing created through it
 
 
+@pytest.mark.one_backend
 def test_a_dangling_symlink_output_is_named_with_its_target(tmp_path):
     link = tmp_path / "out"
     link.symlink_to(tmp_path / "gone" / "runs")
@@ -403,6 +411,7 @@ def test_a_dangling_symlink_output_is_named_with_its_target(tmp_path):
     assert not (tmp_path / "gone").exists() and not (tmp_path / "missing").exists()
 
 
+@pytest.mark.one_backend
 def test_without_fcntl_the_message_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(runs, "fcntl", None)
     with pytest.raises(OSError) as e:
@@ -532,6 +541,7 @@ def test_a_valid_state_passes_and_old_optional_fields_default(tmp_path, mini_run
     assert st["epoch_seconds"] == [] and st["resumed_at"] == []
 
 
+@pytest.mark.one_backend
 def test_a_newer_state_format_asks_for_an_upgrade_before_checking_fields(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"format": 3, "config": {},
                                                      "epoch": {"done": 2}}))
@@ -553,6 +563,7 @@ def test_truncated_checkpoint_on_resume_is_a_clear_error(tmp_path, mini_run):
             pass
 
 
+@pytest.mark.one_backend
 def test_non_finite_loss_says_which_value_and_speaks_cli(tmp_path):
     e = runs.NonFiniteLoss(3, "val_loss", float("nan"), last_checkpoint="run/last.keras (epoch 2)",
                            learning_rate=1e-3)
