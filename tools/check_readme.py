@@ -1,6 +1,6 @@
 """README.md is a test: run every shell and Python block as printed, as a new user would.
 
-    python tools/check_readme.py [--venvs jax,full] [--keep]
+    python tools/check_readme.py [--venvs jax,train] [--keep]
 
 Each fenced block is preceded by an HTML comment that says where it runs:
 - `<!-- readme-check: venv=NAME -->`: in the fresh virtual environment NAME, made under a
@@ -144,7 +144,7 @@ def check_jax_environment(venv: Path, env: dict):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--venvs", default="jax,full",
+    parser.add_argument("--venvs", default="jax,train",
                         help="comma-separated environments to run (default: all)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
