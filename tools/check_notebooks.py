@@ -43,8 +43,8 @@ def version_pins(nbs_dir: Path):
     cfg = configparser.ConfigParser(delimiters=["="])
     cfg.read(ROOT / "settings.ini", encoding="utf-8")
     tag = "v" + cfg["DEFAULT"]["version"]
-    install = re.compile(r'"gcvit-nb\[[\w,]+\] @ git\+https://github\.com/gcvit-nb/gcvit-nb@'
-                         + re.escape(tag) + '"')
+    url = re.compile(r'url = "git\+https://github\.com/gcvit-nb/gcvit-nb@' + re.escape(tag)
+                     + r'"\n.*\n\s*f"gcvit-nb\[[\w,]+\] @ \{url\}"')
     badge = f"colab.research.google.com/github/gcvit-nb/gcvit-nb/blob/{tag}/nbs/"
     problems = []
     for path in sorted(nbs_dir.glob("*.ipynb")):
@@ -52,7 +52,7 @@ def version_pins(nbs_dir: Path):
         cells = ["".join(c["source"]) for c in nb.get("cells", [])]
         setup = [c for c in cells if 'if "google.colab" in sys.modules:' in c]
         name = path.relative_to(ROOT)
-        if not setup or not install.search(setup[0]):
+        if not setup or not url.search(setup[0]):
             problems.append(f"{name}: no Colab install cell that installs "
                             f'"gcvit-nb[EXTRA] @ git+...@{tag}"')
         if path.stem != "index" and not any(badge + path.name in c for c in cells):
