@@ -17,7 +17,6 @@ Prints one line per notebook (passed or failed, seconds) and exits non-zero if a
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from check_readme import ROOT, start_hub
+from check_readme import ROOT, clean_up, start_hub
 
 EXTRAS = "tensorflow,jax,torch,export"
 COLAB_PACKAGES = ["pytest", "nbval", "ipykernel", "scikit-image"]   # preinstalled on Colab
@@ -112,13 +111,7 @@ def main(argv=None) -> int:
               f"chapters ran; {time.perf_counter() - t0:.0f} s in all")
         return proc.returncode
     finally:
-        if hub is not None:
-            hub.send_signal(signal.SIGTERM)
-            hub.wait()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(hub, work, args.keep)
 
 
 if __name__ == "__main__":

@@ -89,6 +89,17 @@ def start_hub(work: Path) -> tuple:
     raise SystemExit("the hub stand-in did not start")
 
 
+def clean_up(hub, work: Path, keep: bool):
+    "Stop the hub stand-in (if it started); remove the temporary folder unless `keep`."
+    if hub is not None:
+        hub.send_signal(signal.SIGTERM)
+        hub.wait()
+    if keep:
+        print(f"kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def environment(work: Path, venv: Path, endpoint: str) -> dict:
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "KERAS_BACKEND", "GCVIT_SMOKE",
@@ -185,13 +196,7 @@ def main(argv=None) -> int:
               f"{sum(w == 'ci' for w, _, _ in blocks)} CI block(s) found in CI; "
               f"{time.perf_counter() - t_start:.0f} s")
     finally:
-        if hub is not None:
-            hub.send_signal(signal.SIGTERM)
-            hub.wait()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+        clean_up(hub, work, args.keep)
     return 0
 
 
