@@ -12,7 +12,7 @@ export PYTHONHASHSEED := 0
 
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup data book-deps export book test test-hygiene test-units test-nbval test-book test-readme test-colab test-gpu clean-nbs clean
+.PHONY: setup data book-deps export book test test-hygiene test-units test-book test-readme test-colab test-gpu clean-nbs clean
 
 ## setup: create .venv if missing and install the package editable with its dev extras (idempotent)
 $(VENV)/.installed: settings.ini setup.py pyproject.toml $(CONSTRAINTS)
@@ -42,7 +42,7 @@ book: export data book-deps
 
 ## test: hygiene, unit tests on three backends, nbval on every notebook (smoke, as Colab), the book as
 ## `make book` builds it (default profile) checked in Chromium, and README.md run as printed
-test: test-hygiene test-units test-nbval test-book test-readme
+test: test-hygiene test-units test-colab test-book test-readme
 	@echo "All checks passed."
 
 test-hygiene: setup
@@ -58,9 +58,8 @@ test-units: setup data
 	  [ $$rc = 0 ] || exit $$rc; \
 	done
 
-## test-nbval: every notebook through nbval at smoke sizes, as Colab runs it (tools/check_colab.py: the
+## test-colab: every notebook through nbval at smoke sizes, as Colab runs it (tools/check_colab.py: the
 ## installed wheel, no source tree, no Debian datasets, hub and tfds on loopback, the gpu code path)
-test-nbval: test-colab
 test-colab: setup data
 	@echo "== make $@: started"
 	$(VPY) tools/check_colab.py

@@ -278,7 +278,8 @@ class ExportResult:
     def summary(self) -> str:
         "One line: what was written, from which backend, and how it was verified."
         (h, w), n = self.image_size, self.n_images
-        return (f"wrote {self.path} ({self.format}, {self.size_bytes / 1e6:.1f} MB) from "
+        mb = self.size_bytes / 1e6
+        return (f"wrote {self.path} ({self.format}, {mb:.1f} MB) from "
                 f"the {self.backend} backend in {self.seconds:.1f} s; verified in "
                 f"{RUNTIMES[self.format]}: max |diff| {self.max_abs_diff:.1e} on {n} "
                 f"photos at {h}x{w}, batch {n} and 1")
