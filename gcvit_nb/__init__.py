@@ -60,9 +60,9 @@ if not _in_command_line_launcher():
 # configuration objects. Everything else stays in its module (gcvit_nb.checkpoints, ...).
 _PUBLIC = {
     # appendix A (00_backend): run profiles, the serving path, PyTorch-compatible layers
-    "active_profile": "backend", "Profile": "backend", "Predictor": "backend",
-    "Conv2d": "backend", "DepthwiseConv2d": "backend", "Linear": "backend",
-    "LayerNorm": "backend",
+    "active_profile": "runtime", "Profile": "runtime", "Predictor": "predictor",
+    "Conv2d": "layers", "DepthwiseConv2d": "layers", "Linear": "layers",
+    "LayerNorm": "layers",
     # Part I, chapters 02-05: the building blocks
     "DropPath": "unit_blocks", "SqueezeExcite": "unit_blocks", "MBConv": "unit_blocks",
     "Downsample": "unit_blocks", "Mlp": "unit_blocks", "Stem": "stem",

@@ -8,7 +8,7 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-from .backend import Linear, register
+from .layers import Linear, register
 
 # %% ../nbs/05_attention.ipynb #f3a6a49c
 def window_partition(x, window):

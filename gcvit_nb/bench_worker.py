@@ -37,7 +37,7 @@ PATHS = {
 # Measured only when named: minutes of compilation on a CPU.
 OPT_IN_PATHS = {side: {"infer": ("torch_compile",)} for side in ("torch", "timm")}
 PATH_NOTES = {
-    "predictor": "gcvit_nb.backend.Predictor: TorchScript (frozen trace) on torch, "
+    "predictor": "gcvit_nb.predictor.Predictor: TorchScript (frozen trace) on torch, "
                  "jax.jit on JAX, tf.function on TensorFlow; what predict uses",
     "tf_function": "model(x) inside tf.function(jit_compile=False): a graph, no XLA",
     "tf_function_xla": "model(x) inside tf.function(jit_compile=True): compiled by XLA",
@@ -192,7 +192,7 @@ def _keras_infer_fn(model, path: str, x):
     if path == "predict_on_batch":
         return lambda: model.predict_on_batch(x)
     if path == "predictor":
-        from gcvit_nb.backend import Predictor
+        from gcvit_nb.predictor import Predictor
         predictor = Predictor(model)
         return lambda: predictor(x)
     if backend == "tensorflow" and path in ("tf_function", "tf_function_xla"):
@@ -268,7 +268,7 @@ def _keras_worker(job: dict) -> dict:
     backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     with _absent(*(() if backend == "jax" else ("jax",))):
         import keras
-    from gcvit_nb.backend import accelerator_names
+    from gcvit_nb.runtime import accelerator_names
     from gcvit_nb.checkpoints import load_timm_weights
     _set_keras_threads(job["threads"])
     out = dict(import_s=time.perf_counter() - t0, rss_start_mb=rss_start,

@@ -17,7 +17,7 @@ import numpy as np
 import keras
 from safetensors.numpy import load_file as _read_safetensors
 
-from .backend import Conv2d, DepthwiseConv2d, LayerNorm, Linear
+from .layers import Conv2d, DepthwiseConv2d, LayerNorm, Linear
 from .unit_blocks import MBConv, SqueezeExcite
 from .attention import RelativePositionBias
 from .global_tokens import bicubic_resize_matrix

@@ -55,7 +55,7 @@ def _installed(dist: str) -> str:
 def info_lines() -> list:
     "What `gcvit-nb info` prints: one 'name: value' line each."
     import keras
-    from gcvit_nb.backend import accelerator_names, active_profile, pick_precision
+    from gcvit_nb.runtime import accelerator_names, active_profile, pick_precision
     devices = accelerator_names()
     system = f"{platform.system()} {platform.machine()}"
     lines = [f"gcvit-nb: {__version__}",
@@ -98,7 +98,7 @@ def run_predict(args) -> int:
                      f"searched for {', '.join(IMAGE_SUFFIXES)} files in it)", 2)
     if args.weights and not os.path.exists(args.weights):
         return _fail(f"weights file not found: {args.weights}", 2)
-    from gcvit_nb.backend import Predictor, use_jax_compilation_cache
+    from gcvit_nb.predictor import Predictor, use_jax_compilation_cache
     from gcvit_nb.checkpoints import HeadMismatch
     from gcvit_nb.deploy import load_for_export
     from gcvit_nb.pretrained import decode_predictions, preprocess_image

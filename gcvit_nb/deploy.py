@@ -21,7 +21,7 @@ import numpy as np
 import keras
 
 from . import missing_extra
-from .backend import export_mode
+from .layers import export_mode
 
 # %% ../nbs/14_deploy.ipynb #d7640ecc
 FORMATS = ("saved_model", "onnx", "litert", "openvino")
@@ -309,7 +309,7 @@ def write_artifact(model, path, fmt: str):
     "Trace `model` with a dynamic batch and write `fmt` to `path` (no checks)."
     fmt, path = check_supported(fmt), Path(path)
     spec = keras.InputSpec(shape=(None, *model.inputs[0].shape[1:]), dtype="float32")
-    with export_mode():   # plain keras.ops while tracing (Appendix A)
+    with export_mode():   # plain keras.ops while tracing (Appendix A2)
         model.export(str(path), format=_KERAS_NAME[fmt], verbose=False,
                      input_signature=[spec])
     if fmt == "onnx":

@@ -16,7 +16,7 @@ import numpy as np
 import keras
 
 from . import missing_extra
-from .backend import pick_precision
+from .runtime import pick_precision
 from .model import GCViT, VARIANTS
 from .checkpoints import load_pretrained
 from .pretrained import create_model, download_checkpoint

@@ -10,7 +10,7 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-from .backend import max_pool_3x3_s2, pad_hw, register
+from .layers import max_pool_3x3_s2, pad_hw, register
 from .unit_blocks import MBConv
 
 # %% ../nbs/04_global_tokens.ipynb #5b0b4f23

@@ -10,7 +10,7 @@ import numpy as np
 import keras
 from keras import layers, ops
 
-from .backend import Linear, layer_norm, register
+from .layers import Linear, layer_norm, register
 from .unit_blocks import DropPath, Downsample, Mlp
 from .stem import Stem, stem_output_size
 from .global_tokens import (GlobalTokenGenerator, global_token_levels,

@@ -7,7 +7,7 @@ __all__ = ['Stem', 'stem_output_size']
 import keras
 from keras import layers
 
-from .backend import Conv2d, register
+from .layers import Conv2d, register
 from .unit_blocks import Downsample
 
 # %% ../nbs/03_stem.ipynb #5f332475

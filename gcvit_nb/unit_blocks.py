@@ -7,7 +7,7 @@ __all__ = ['DropPath', 'make_divisible', 'SqueezeExcite', 'MBConv', 'Downsample'
 import keras
 from keras import layers, ops
 
-from .backend import Conv2d, DepthwiseConv2d, Linear, gelu, layer_norm, register
+from .layers import Conv2d, DepthwiseConv2d, Linear, gelu, layer_norm, register
 
 # %% ../nbs/02_unit_blocks.ipynb #ca5b03b3
 @register

@@ -1,9 +1,11 @@
-"Appendix A (backend: profiles, devices, precision, fast paths, export mode) and the cost model."
+"""Appendix A: gcvit_nb.runtime (profiles, devices, precision), gcvit_nb.layers (fast paths, export
+mode) and gcvit_nb.predictor; the cost model of chapter 01."""
 import pytest
 
 import gcvit_nb
-from gcvit_nb import backend
-from gcvit_nb.backend import PROFILES, Profile, active_profile, detect_profile, has_accelerator, runtime_summary
+from gcvit_nb import layers, runtime
+from gcvit_nb.predictor import Predictor, use_jax_compilation_cache
+from gcvit_nb.runtime import PROFILES, Profile, active_profile, detect_profile, has_accelerator, runtime_summary
 from gcvit_nb.complexity import global_attention_flops, window_attention_flops
 
 
@@ -145,8 +147,8 @@ def test_runtime_summary_defaults_to_active_profile(monkeypatch):
 
 
 def test_package_exports_profile_helpers():
-    assert gcvit_nb.Profile is backend.Profile
-    assert gcvit_nb.active_profile is backend.active_profile
+    assert gcvit_nb.Profile is runtime.Profile
+    assert gcvit_nb.active_profile is runtime.active_profile
 
 
 # ---------------------------------------------------------------- GCVIT_REQUIRE_ACCELERATOR
@@ -168,24 +170,24 @@ def test_require_accelerator(monkeypatch):
 # ---------------------------------------------------------------- devices and precision
 
 def test_accelerator_names_agree_with_has_accelerator():
-    names = backend.accelerator_names()
+    names = runtime.accelerator_names()
     assert isinstance(names, list) and all(isinstance(n, str) and n for n in names)
     assert bool(names) == has_accelerator()
 
 
 @pytest.mark.parametrize("name", ["float32", "mixed_float16", "mixed_bfloat16"])
 def test_pick_precision_explicit(name):
-    assert backend.pick_precision(name) == name
+    assert runtime.pick_precision(name) == name
 
 
 @pytest.mark.parametrize("bad", ["fp16", "bfloat16", "float64", ""])
 def test_pick_precision_rejects_unknown(bad):
     with pytest.raises(ValueError, match="mixed_bfloat16"):
-        backend.pick_precision(bad)
+        runtime.pick_precision(bad)
 
 
 def test_pick_precision_auto():
-    got = backend.pick_precision()
+    got = runtime.pick_precision()
     if has_accelerator():
         assert got in ("mixed_float16", "mixed_bfloat16")
     else:
@@ -193,11 +195,11 @@ def test_pick_precision_auto():
 
 
 def test_pick_precision_auto_on_accelerators(monkeypatch):
-    monkeypatch.setattr(backend, "has_accelerator", lambda: True)
-    monkeypatch.setattr(backend, "_supports_bf16", lambda: True)
-    assert backend.pick_precision("auto") == "mixed_bfloat16"
-    monkeypatch.setattr(backend, "_supports_bf16", lambda: False)
-    assert backend.pick_precision("auto") == "mixed_float16"
+    monkeypatch.setattr(runtime, "has_accelerator", lambda: True)
+    monkeypatch.setattr(runtime, "_supports_bf16", lambda: True)
+    assert runtime.pick_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(runtime, "_supports_bf16", lambda: False)
+    assert runtime.pick_precision("auto") == "mixed_float16"
 
 
 # ---------------------------------------------------------------- fast paths against plain keras.ops / NumPy
@@ -207,9 +209,9 @@ import math  # noqa: E402
 import numpy as np  # noqa: E402
 
 from conftest import to_numpy  # noqa: E402
-from gcvit_nb.backend import (LAYER_NORM_EPS, Conv2d, DepthwiseConv2d, LayerNorm, Linear,  # noqa: E402
-                              conv2d_nhwc, export_mode, exporting, gelu, layer_norm, max_pool_3x3_s2,
-                              pad_hw)
+from gcvit_nb.layers import (LAYER_NORM_EPS, Conv2d, DepthwiseConv2d, LayerNorm, Linear,  # noqa: E402
+                             conv2d_nhwc, export_mode, exporting, gelu, layer_norm, max_pool_3x3_s2,
+                             pad_hw)
 
 
 def rng(seed=0):
@@ -256,9 +258,9 @@ def test_export_mode_flag_nests_and_restores():
 def test_export_mode_turns_every_fast_path_off():
     import keras
     active = keras.backend.backend()
-    assert backend._fast(active)
+    assert layers._fast(active)
     with export_mode():
-        assert not any(backend._fast(b) for b in ("tensorflow", "jax", "torch"))
+        assert not any(layers._fast(b) for b in ("tensorflow", "jax", "torch"))
 
 
 @pytest.mark.parametrize("shape, stride, pad", [((2, 9, 10, 5), 1, 1), ((2, 9, 10, 5), 2, 1),
@@ -428,18 +430,20 @@ def test_export_mode_keeps_model_outputs():
 
 
 def test_package_exports_backend_names():
-    "The layers are top-level names; the probes and switches stay in gcvit_nb.backend."
-    for name in ("Conv2d", "DepthwiseConv2d", "Linear", "LayerNorm", "Predictor"):
-        assert getattr(gcvit_nb, name) is getattr(backend, name)
-    for name in ("export_mode", "pick_precision", "accelerator_names", "has_accelerator"):
-        assert name in backend.__all__ and name not in gcvit_nb.__all__
+    "The layers and Predictor are top-level names; probes and switches stay in their modules."
+    for name in ("Conv2d", "DepthwiseConv2d", "Linear", "LayerNorm"):
+        assert getattr(gcvit_nb, name) is getattr(layers, name)
+    assert gcvit_nb.Predictor is Predictor
+    assert "export_mode" in layers.__all__ and "export_mode" not in gcvit_nb.__all__
+    for name in ("pick_precision", "accelerator_names", "has_accelerator"):
+        assert name in runtime.__all__ and name not in gcvit_nb.__all__
 
 
 def test_unit_blocks_still_reexport_basic_layers():
-    "06_model imports Linear, layer_norm and register from unit_blocks: they are the backend's."
+    "06_model imports Linear, layer_norm and register from unit_blocks: they are gcvit_nb.layers'."
     from gcvit_nb import unit_blocks
     for name in ("Linear", "layer_norm", "register"):
-        assert getattr(unit_blocks, name) is getattr(backend, name)
+        assert getattr(unit_blocks, name) is getattr(layers, name)
 
 
 # --- Predictor: compiled inference without the predict loop --------------------------------------
@@ -453,7 +457,7 @@ def test_predictor_matches_the_model_and_compiles_once_per_shape():
     import numpy as np
     from keras import ops
     model, rng = _tiny_model(), np.random.default_rng(3)
-    predictor = backend.Predictor(model)
+    predictor = Predictor(model)
     for batch in (3, 1, 3):
         x = rng.uniform(0, 1, size=(batch, 32, 32, 3)).astype("float32")
         got = predictor(x)
@@ -461,7 +465,7 @@ def test_predictor_matches_the_model_and_compiles_once_per_shape():
         np.testing.assert_allclose(got, ops.convert_to_numpy(model(x, training=False)), atol=1e-5)
     # TF compiles per input shape; torch's one-image trace and JAX's jitted function serve every batch
     assert len(predictor._compiled) == (2 if predictor.backend == "tensorflow" else 1)
-    with backend.export_mode():            # exporters see the plain call: nothing new is compiled
+    with layers.export_mode():            # exporters see the plain call: nothing new is compiled
         predictor(rng.uniform(0, 1, size=(2, 32, 32, 3)).astype("float32"))
     assert len(predictor._compiled) == (2 if predictor.backend == "tensorflow" else 1)
     with pytest.raises(ValueError, match="built for 32×32 images; got 64×64"):   # the model's own check
@@ -473,7 +477,7 @@ def test_predictor_refresh_sees_new_weights():
     import numpy as np
     model = _tiny_model()
     x = np.random.default_rng(4).uniform(0, 1, size=(2, 32, 32, 3)).astype("float32")
-    predictor = backend.Predictor(model)
+    predictor = Predictor(model)
     before = predictor(x)
     bias = model.get_layer("head_fc").bias
     bias.assign(bias.numpy() + 1.0)                  # the classifier's bias: every logit moves by 1
@@ -485,7 +489,7 @@ def test_predictor_refresh_sees_new_weights():
 def test_predictor_rejects_non_batches(shape):
     import numpy as np
     with pytest.raises(ValueError, match=r"non-empty batch \(B, H, W, C\)"):
-        backend.Predictor(_tiny_model())(np.zeros(shape, "float32"))
+        Predictor(_tiny_model())(np.zeros(shape, "float32"))
 
 
 def test_predictor_refuses_multi_output_models():
@@ -493,7 +497,7 @@ def test_predictor_refuses_multi_output_models():
     features = GCViT(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4), input_shape=(32, 32, 3),
                      include_top=False, features_only=True)
     with pytest.raises(ValueError, match="features_only"):
-        backend.Predictor(features)
+        Predictor(features)
 
 
 def test_importing_the_package_leaves_other_imports_alone():
@@ -554,19 +558,19 @@ def test_a_missing_backend_names_its_extra():
 def test_jax_compilation_cache_switch(tmp_path, monkeypatch):
     import keras
     monkeypatch.setenv("GCVIT_JAX_CACHE", "off")
-    assert backend.use_jax_compilation_cache() is None
+    assert use_jax_compilation_cache() is None
     monkeypatch.delenv("GCVIT_JAX_CACHE")
     folder = tmp_path / "jax-cache"
     if keras.backend.backend() != "jax":
-        assert backend.use_jax_compilation_cache(folder) is None and not folder.exists()
+        assert use_jax_compilation_cache(folder) is None and not folder.exists()
         return
     import jax
     previous = jax.config.jax_compilation_cache_dir
     try:
-        assert backend.use_jax_compilation_cache(folder) == str(folder) and folder.is_dir()
+        assert use_jax_compilation_cache(folder) == str(folder) and folder.is_dir()
         assert jax.config.jax_compilation_cache_dir == str(folder)
         (tmp_path / "a-file").write_text("x")
         with pytest.raises(OSError, match="GCVIT_JAX_CACHE"):
-            backend.use_jax_compilation_cache(tmp_path / "a-file" / "cache")
+            use_jax_compilation_cache(tmp_path / "a-file" / "cache")
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)

@@ -561,11 +561,11 @@ class _FakeModel:
 
 
 def _use_fake_model(monkeypatch):
-    "predict gets _FakeModel, run as it is (not compiled by backend.Predictor)."
-    import gcvit_nb.backend as backend
+    "predict gets _FakeModel, run as it is (not compiled by predictor.Predictor)."
+    import gcvit_nb.predictor as predictor
     import gcvit_nb.deploy as deploy
     monkeypatch.setattr(deploy, "load_for_export", lambda *a, **k: _FakeModel())
-    monkeypatch.setattr(backend, "Predictor", lambda model: model.predict)
+    monkeypatch.setattr(predictor, "Predictor", lambda model: model.predict)
 
 
 @pytest.mark.one_backend

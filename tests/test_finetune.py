@@ -263,9 +263,9 @@ def test_pretrained_offline_is_an_error_not_a_silent_fallback(image_folder, tmp_
     assert "--no-pretrained" in capsys.readouterr().err
 
 
-def test_precision_comes_from_the_backend_module():
-    from gcvit_nb import backend
-    assert ft.pick_precision is backend.pick_precision
+def test_precision_comes_from_the_runtime_module():
+    from gcvit_nb import runtime
+    assert ft.pick_precision is runtime.pick_precision
     assert ft.pick_precision("mixed_bfloat16") == "mixed_bfloat16"
     with pytest.raises(ValueError):
         ft.pick_precision("float8")

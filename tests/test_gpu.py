@@ -142,7 +142,7 @@ def test_gpu_is_used_and_tf32_is_off():
 
 
 def test_auto_precision_on_gpu():
-    from gcvit_nb.backend import pick_precision
+    from gcvit_nb.runtime import pick_precision
     want = "mixed_float16"
     if BACKEND == "torch":
         import torch

@@ -82,7 +82,7 @@ def test_probe_in_this_process():
     info = ns["_gcvit_probe"]()
     assert info["keras_imported"] and info["backend"] == BACKEND
     assert "probe_error" not in info, info
-    from gcvit_nb.backend import has_accelerator
+    from gcvit_nb.runtime import has_accelerator
     assert info["accelerator"] == has_accelerator()
 
 
@@ -196,7 +196,7 @@ def test_kernel_guard_end_to_end(tmp_path):
     """One real nbval kernel per case (a few seconds): the start-up guard loads, hides TensorFlow when asked (the
     failure is then a skip with its reason), and fails a notebook that ran Keras without an accelerator even
     when the notebook itself never checks (on a GPU machine this test's second notebook would pass)."""
-    from gcvit_nb.backend import has_accelerator
+    from gcvit_nb.runtime import has_accelerator
     logdir = tmp_path / "logs"
     logdir.mkdir()
     ipdir = tmp_path / "ipython"
