@@ -25,7 +25,7 @@ for p in (ROOT / "tools", ROOT):
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from synthetic_weights import synthetic_state_dict  # noqa: E402  (tools/, NumPy only)
+from gcvit_nb.testing import synthetic_state_dict  # noqa: E402
 
 PARITY_FILES = {
     "xxtiny": "parity_xxtiny_224.npz",

@@ -11,7 +11,7 @@ from safetensors.numpy import save_file
 import gcvit_nb
 from gcvit_nb import checkpoints as C
 from conftest import TINY, images, run, state_shapes, tiny_model, weights_numpy
-from synthetic_weights import synthetic_state_dict
+from gcvit_nb.testing import synthetic_state_dict
 
 
 @pytest.fixture(scope="module")

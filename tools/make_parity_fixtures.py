@@ -11,7 +11,7 @@ For each configuration it builds a timm ``GlobalContextVit``, fills it with
 - ``config_json``  timm constructor kwargs plus model_name, seed, timm_version (and, for
   information, the derived window and feature sizes and the input preprocessing);
 - ``shapes_json``  ``{state_dict key: shape}`` in state-dict order, from which
-  tools/synthetic_weights.py regenerates the weights;
+  gcvit_nb/testing.py (Appendix B2) regenerates the weights;
 - ``inputs``       float32 NHWC ImageNet-normalised images (B, H, W, 3);
 - ``logits``       float32 (B, num_classes);
 - ``stage0..3``    each ``model.stages[i]`` output as NHWC, subsampled ``[:, ::s, ::s, :]``
@@ -34,7 +34,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "2")  # at most 2 CPU threads, set befo
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from synthetic_weights import synthetic_state_dict  # noqa: E402
+
+def _load_by_path(name: str, path: Path):
+    "Import one file as a module: gcvit_nb/testing.py needs only NumPy, the package needs Keras."
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+synthetic_state_dict = _load_by_path("gcvit_nb_testing", HERE.parent / "gcvit_nb" / "testing.py").synthetic_state_dict
 from timm_compat import import_timm  # noqa: E402
 
 import torch  # noqa: E402

@@ -223,8 +223,7 @@ def whole_model_time(model, x):
 
 
 def parity():
-    sys.path.insert(0, str(ROOT / "tools"))
-    from synthetic_weights import synthetic_state_dict
+    from gcvit_nb.testing import synthetic_state_dict
     with np.load(ROOT / "tests/fixtures/parity_xxtiny_224.npz") as d:
         cfg, shapes = json.loads(str(d["config_json"])), json.loads(str(d["shapes_json"]))
         inputs, logits = d["inputs"].astype("float32"), d["logits"]
