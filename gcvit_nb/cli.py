@@ -88,7 +88,7 @@ def run_predict(args) -> int:
     "Print the top ImageNet classes of each image; a bad image is reported and skipped."
     import keras
     from gcvit_nb.model import VARIANTS
-    from gcvit_nb.explain import IMAGE_SUFFIXES, check_image_file, image_files
+    from gcvit_nb.pretrained import IMAGE_SUFFIXES, check_image_file, image_files
     if args.model not in VARIANTS:
         return _fail(f"unknown model {args.model!r}; choose one of "
                      f"{', '.join(VARIANTS)}", 2)

@@ -32,6 +32,7 @@ for p in (ROOT / "tests", ROOT / "tools", ROOT):
 
 from conftest import images, tiny_model  # noqa: E402
 from gcvit_nb import explain as E  # noqa: E402
+from gcvit_nb import pretrained as P  # noqa: E402
 from gcvit_nb.model import GCViT  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -360,17 +361,17 @@ def test_image_files_and_their_checks(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "b.png")
     Image.new("RGB", (8, 8)).save(tmp_path / "A.JPG")
     (tmp_path / "notes.txt").write_text("not an image")
-    assert E.image_files([tmp_path, "x.jpg"]) == [str(tmp_path / "A.JPG"), str(tmp_path / "b.png"), "x.jpg"]
-    E.check_image_file(tmp_path / "b.png")
+    assert P.image_files([tmp_path, "x.jpg"]) == [str(tmp_path / "A.JPG"), str(tmp_path / "b.png"), "x.jpg"]
+    P.check_image_file(tmp_path / "b.png")
     with pytest.raises(OSError, match="not an image"):
-        E.check_image_file(tmp_path / "notes.txt")
+        P.check_image_file(tmp_path / "notes.txt")
     chunk = lambda kind, body: (struct.pack(">I", len(body)) + kind + body
                                 + struct.pack(">I", zlib.crc32(kind + body)))
     bomb = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 40_000, 40_000, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     (tmp_path / "bomb.png").write_bytes(bomb)
     with pytest.raises(OSError, match="safety limit"):
-        E.check_image_file(tmp_path / "bomb.png")
+        P.check_image_file(tmp_path / "bomb.png")
 
 
 def test_explain_image_writes_one_png(cli_files, localiser, tmp_path):

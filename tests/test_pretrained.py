@@ -316,7 +316,11 @@ def test_bool_and_directory_inputs(tmp_path):
 def test_decompression_bomb_is_a_clear_error(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((64, 64), "uint8")).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)        # 4096 px > 2 × 100: refused as a bomb
-    with pytest.raises(ValueError, match="too many pixels"):
+    with pytest.raises(ValueError, match="100-pixel safety limit"):
+        gcvit_nb.preprocess_image(tmp_path / "big.png")
+    # Between the limit and twice it Pillow only warns; predict, explain and fine-tuning refuse alike.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)
+    with pytest.raises(ValueError, match="3,000-pixel safety limit"):
         gcvit_nb.preprocess_image(tmp_path / "big.png")
 
 
