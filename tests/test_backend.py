@@ -6,7 +6,7 @@ import gcvit_nb
 from gcvit_nb import layers, runtime
 from gcvit_nb.predictor import Predictor, use_jax_compilation_cache
 from gcvit_nb.runtime import PROFILES, Profile, active_profile, detect_profile, has_accelerator, runtime_summary
-from gcvit_nb.complexity import global_attention_flops, window_attention_flops
+from gcvit_nb.motivation import global_attention_flops, window_attention_flops
 
 
 @pytest.fixture
