@@ -6,36 +6,46 @@ __all__ = ['PRETRAINED', 'IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_SUFFIXES', 'che
            'check_image_file', 'imagenet_labels', 'decode_predictions']
 
 # %% ../nbs/08_pretrained.ipynb #1b9d0ae2
+import contextlib
+import json
 import math
 import os
-import threading
+import socket
+import subprocess
+import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 import warnings
 from pathlib import Path
+from urllib.parse import urlparse
 
 import numpy as np
 import keras
 
-from .model import GCViT, VARIANTS
-from .checkpoints import load_pretrained, read_checkpoint
+from .model import GCViT, variant_spec
+from .checkpoints import checkpoint_classes, load_pretrained, read_checkpoint
 # Names that lived here before Appendix B existed, still importable from this module:
 from .checkpoints import (describe_checkpoint, detect_layout,  # noqa: F401
                                   guess_variant, load_timm_weights, official_to_timm,
                                   timm_state_dict, timm_to_official, to_timm_layout)
 
 # %% ../nbs/08_pretrained.ipynb #5d673796
+_TIMM = dict(layout="timm", num_classes=1000, crop_pct=0.875, crop_mode="center")
+_NVIDIA = dict(repo_id="nvidia/GCViT", layout="official", num_classes=1000)
 PRETRAINED = {
     **{f"gcvit_{v}": dict(repo_id=f"timm/gcvit_{v}.in1k", filename="model.safetensors",
-                          layout="timm", num_classes=1000, image_size=224)
+                          image_size=224, **_TIMM)
        for v in ("xxtiny", "xtiny", "tiny", "small", "base")},
-    **{f"gcvit_{v}": dict(repo_id="nvidia/GCViT", filename=f"gcvit_1k_{v}.pth.tar",
-                          layout="official", num_classes=1000, image_size=224)
-       for v in ("tiny2", "small2", "large")},
-    **{f"gcvit_large_{s}": dict(repo_id="nvidia/GCViT", layout="official",
-                                filename=f"gcvit_21k_large_{s}.pth.tar",
-                                num_classes=21841, image_size=s) for s in (384, 512)},
+    **{f"gcvit_{v}": dict(filename=f"gcvit_1k_{v}.pth.tar", image_size=224,
+                          crop_pct=0.875, crop_mode="center", **_NVIDIA)
+       for v in ("tiny2", "small2")},
+    "gcvit_large": dict(filename="gcvit_1k_large.pth.tar", image_size=224,
+                        crop_pct=1.0, crop_mode="center", **_NVIDIA),
+    **{f"gcvit_large_{s}": dict(filename=f"gcvit_21k_large_{s}.pth.tar", image_size=s,
+                                crop_pct=1.0, crop_mode="squash", **_NVIDIA)
+       for s in (384, 512)},
 }
 
 def checkpoint_url(name: str) -> str:
@@ -46,48 +56,138 @@ def checkpoint_url(name: str) -> str:
 
 # %% ../nbs/08_pretrained.ipynb #b7c0a019
 class PretrainedWeightsUnavailable(RuntimeError):
-    "A checkpoint is not in the local cache and the hub did not deliver it in time."
+    "A checkpoint is not in the local cache and the hub did not deliver it."
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     def redirect_request(self, *args, **kwargs):
-        return None                       # a redirect is an answer: the hub is there
+        return None                       # a redirect is an answer: the server is there
 
-def _hub_answers(url: str, timeout: float) -> bool:
-    "Whether a HEAD request for `url` gets an answer within `timeout` s (via proxies)."
-    opener = urllib.request.build_opener(_NoRedirect)   # its ProxyHandler: HTTPS_PROXY
-    answer = {}
-    def ask():
+def _route(url: str) -> tuple:
+    "(host the request connects to, how the message names it): the proxy, if any."
+    parts = urlparse(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        proxy_host = urlparse(proxy if "://" in proxy else f"http://{proxy}").hostname
+        return proxy_host, f" (through the proxy in {parts.scheme.upper()}_PROXY)"
+    return parts.hostname, ""
+
+def _probe(url: str, timeout: float):
+    """Ask for `url` once (a HEAD request, through the environment's proxy) in the
+    calling thread. None when a server answered below HTTP 500; else what happened.
+    Each network step waits at most `timeout` s; name lookup is the system's."""
+    host, via = _route(url)
+    opener = urllib.request.build_opener(_NoRedirect)     # its ProxyHandler: *_PROXY
+    try:
+        opener.open(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+        return None
+    except urllib.error.HTTPError as e:                  # 3xx/4xx: the server is there
+        return None if e.code < 500 else f"HTTP {e.code} ({e.reason}){via}"
+    except urllib.error.URLError as e:
+        reason = e.reason
+    except OSError as e:                                 # e.g. a read that timed out
+        reason = e
+    if isinstance(reason, socket.gaierror):
+        return f"cannot resolve host {host}{via} ({reason.strerror})"
+    if isinstance(reason, TimeoutError):
+        return f"no answer within {timeout:g} s{via}"
+    if isinstance(reason, ConnectionRefusedError):
+        return f"{host} refused the connection{via}"
+    return f"{type(reason).__name__}: {reason}{via}"
+
+_DOWNLOAD = """
+import json, sys
+from pathlib import Path
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.utils import tqdm
+a = json.loads(sys.argv[1])
+report = Path(a["report"])
+constants.HF_HUB_DOWNLOAD_TIMEOUT = a["timeout"]    # no byte for this long: resume
+class Receiving(tqdm):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        report.with_suffix(".receiving").touch()
+report.with_suffix(".asking").touch()
+try:
+    out = dict(path=hf_hub_download(a["repo_id"], a["filename"], cache_dir=a["cache"],
+               endpoint=a["endpoint"], etag_timeout=a["timeout"], tqdm_class=Receiving))
+except Exception as e:
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    out = dict(error=f"{type(e).__name__}: {e}", status=status,
+               timeout="Timeout" in type(e).__name__)
+report.write_text(json.dumps(out))
+"""
+
+def _why(result: dict, timeout: float) -> str:
+    "What went wrong, from the download process's report."
+    if result.get("status"):
+        return f"the hub answered HTTP {result['status']} ({result['error']})"
+    if result.get("timeout"):
+        return (f"no data for {timeout:g} s, also after huggingface_hub's resumes "
+                f"({result['error']})")
+    return result["error"]
+
+def _download(repo_id, filename, endpoint, cache_dir, timeout) -> Path:
+    """hf_hub_download in a child process; the path, or `_Failed` saying why. Once
+    bytes flow, the hub's own read timeout (`timeout` s without a byte, then up to five
+    resumes) bounds a stall; before, the child is ended after 2 × `timeout` s."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        args = json.dumps(dict(repo_id=repo_id, filename=filename, endpoint=endpoint,
+                               cache=None if cache_dir is None else str(cache_dir),
+                               timeout=float(timeout), report=str(report)))
+        started = time.time()
+        child = subprocess.Popen([sys.executable, "-c", _DOWNLOAD, args],
+                                 stdout=subprocess.DEVNULL)
+        asked = None
         try:
-            request = urllib.request.Request(url, method="HEAD")
-            opener.open(request, timeout=timeout).close()
-            answer["ok"] = True
-        except urllib.error.HTTPError:
-            answer["ok"] = True                  # 3xx/4xx: the server answered
-        except Exception:
-            answer["ok"] = False
-    probe = threading.Thread(target=ask, daemon=True)
-    probe.start()
-    probe.join(timeout)
-    return answer.get("ok", False)
+            while child.poll() is None:
+                time.sleep(0.05)
+                if asked is None and report.with_suffix(".asking").exists():
+                    asked = time.monotonic()
+                late = asked is not None and time.monotonic() - asked > 2 * timeout
+                if late and not report.with_suffix(".receiving").exists():
+                    raise _Failed(f"the hub sent no file within {2 * timeout:g} s "
+                                  "of being asked")
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+                _remove_partial(cache_dir, repo_id, started)
+        if not report.exists():
+            raise _Failed(f"the download process ended with code {child.returncode}")
+        result = json.loads(report.read_text())
+    if "error" in result:
+        raise _Failed(_why(result, timeout))
+    return Path(result["path"])
 
-def _bytes_in_cache(cache_dir, repo_id: str) -> int:
+class _Failed(Exception):
+    "A download that did not deliver; the message says why."
+
+def _repo_folder(cache_dir, repo_id: str) -> Path:
     from huggingface_hub import constants
     folder = "models--" + repo_id.replace("/", "--")
-    root = Path(cache_dir or constants.HF_HUB_CACHE) / folder
-    total = 0
-    for p in root.rglob("*") if root.is_dir() else ():
-        try:
-            total += p.stat().st_size if p.is_file() and not p.is_symlink() else 0
-        except OSError:
-            pass                                 # renamed while we looked
-    return total
+    return Path(cache_dir or constants.HF_HUB_CACHE) / folder
+
+def _remove_partial(cache_dir, repo_id: str, since: float):
+    "Delete the partial files an ended download process left (written after `since`)."
+    for part in (_repo_folder(cache_dir, repo_id) / "blobs").glob("*.incomplete"):
+        with contextlib.suppress(OSError):
+            if part.stat().st_mtime >= since - 1:
+                part.unlink()
+
+def _evict(path: Path):
+    "Remove a cached file: its snapshot link and the blob it points to."
+    blob = path.resolve()
+    path.unlink(missing_ok=True)
+    blob.unlink(missing_ok=True)
 
 def fetch_checkpoint(repo_id: str, filename: str, *, endpoint=None, cache_dir=None,
                      timeout: float = 10.0) -> Path:
     """Local path of `filename` in the Hugging Face repo `repo_id` (cache, else hub).
-    Raises PretrainedWeightsUnavailable within about `timeout` s when the hub (or the
-    proxy) does not answer, and when a download stalls for `timeout` s."""
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    Raises PretrainedWeightsUnavailable, saying what happened, when the hub (or the
+    proxy) does not answer within `timeout` s, answers with an error, or stops sending
+    for `timeout` s. A file that is not a readable checkpoint leaves the cache."""
+    from huggingface_hub import try_to_load_from_cache
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
             or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds: {timeout!r}.")
@@ -99,42 +199,24 @@ def fetch_checkpoint(repo_id: str, filename: str, *, endpoint=None, cache_dir=No
         return Path(cached)
     def unavailable(why):
         return PretrainedWeightsUnavailable(
-            f"Cannot download {url}: {why}, and the file is not in the Hugging Face "
-            "cache. "
+            f"Cannot download {url}: {why}; the file is not in the Hugging Face cache. "
             "Download it on a connected machine and pass the local path instead: "
             f"pretrained='/path/to/{filename}'.")
     if os.environ.get("HF_HUB_OFFLINE", "").lower() not in ("", "0", "false", "no"):
         raise unavailable("HF_HUB_OFFLINE is set")
-    if not _hub_answers(url, timeout):
-        via = " (through the proxy in HTTPS_PROXY)" if os.environ.get(
-            "HTTPS_PROXY", os.environ.get("https_proxy")) else ""
-        raise unavailable(f"no answer within {timeout:g} s{via}; offline?")
-    result = {}
-    def download():
-        try:
-            result["path"] = hf_hub_download(repo_id, filename, cache_dir=cache_dir,
-                                             endpoint=endpoint, etag_timeout=timeout)
-        except Exception as e:
-            result["error"] = e
-    worker = threading.Thread(target=download, daemon=True)
-    worker.start()
-    size, since = -1, time.monotonic()
-    while worker.is_alive():
-        worker.join(0.25)
-        now = _bytes_in_cache(cache_dir, repo_id)
-        if now != size:
-            size, since = now, time.monotonic()
-        elif worker.is_alive() and time.monotonic() - since > timeout:
-            raise unavailable(f"the download made no progress for {timeout:g} s")
-    if "error" in result:
-        e = result["error"]
-        raise unavailable(f"the hub failed ({type(e).__name__}: {e})") from e
-    path = Path(result["path"])
+    problem = _probe(url, timeout)
+    if problem:
+        raise unavailable(problem)
+    try:
+        path = _download(repo_id, filename, endpoint, cache_dir, timeout)
+    except _Failed as e:
+        raise unavailable(str(e)) from None
     try:
         read_checkpoint(path)
-    except ValueError:
-        path.unlink(missing_ok=True)      # broken file in the cache: a retry downloads
-        raise
+    except ValueError as e:
+        _evict(path)
+        raise ValueError(f"{e} The downloaded file was removed from the cache (link "
+                         "and blob): the next call downloads it again.") from None
     return path
 
 # %% ../nbs/08_pretrained.ipynb #df2b7a30
@@ -149,11 +231,13 @@ def download_checkpoint(name: str, *, cache_dir=None, timeout: float = 10.0) -> 
 
 # %% ../nbs/08_pretrained.ipynb #937dc840
 def create_model(name: str, /, *, pretrained=False, input_shape=None,
-                 num_classes: int = 1000, include_top: bool = True,
+                 num_classes=None, include_top: bool = True,
                  **overrides) -> GCViT:
     """GCViT variant `name` (see `VARIANTS`), optionally with weights: `pretrained=True`
     downloads the variant's checkpoint; a path or a state dict loads that checkpoint.
-    `overrides` replace any `GCViT` argument."""
+    `num_classes=None` takes the checkpoint's class count (1000 without a checkpoint);
+    another count keeps its backbone under a new head. `overrides` replace any `GCViT`
+    argument."""
     if not isinstance(name, str):
         raise TypeError("The variant name is a string such as 'gcvit_xxtiny', "
                         f"got {name!r}.")
@@ -161,11 +245,14 @@ def create_model(name: str, /, *, pretrained=False, input_shape=None,
             or hasattr(pretrained, "keys")):
         raise TypeError("pretrained must be True or False, a checkpoint path or a dict "
                         f"of arrays; got {pretrained!r} ({type(pretrained).__name__}).")
-    if name not in VARIANTS:
-        raise ValueError(f"Unknown GCViT variant {name!r}. "
-                         f"Valid names: {', '.join(VARIANTS)}.")
+    variant_spec(name)
     source = (download_checkpoint(name) if pretrained is True
               else None if pretrained is None or pretrained is False else pretrained)
+    if isinstance(source, (str, os.PathLike)):
+        source = read_checkpoint(source)                 # read once, used twice
+    if num_classes is None:
+        found = checkpoint_classes(source) if source is not None else None
+        num_classes = 1000 if found is None else found
     model = GCViT.from_variant(name, input_shape=input_shape, num_classes=num_classes,
                                include_top=include_top, **overrides)
     return load_pretrained(model, source) if source is not None else model

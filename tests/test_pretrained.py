@@ -1,12 +1,16 @@
 """08_pretrained: the one create_model, downloads that fail fast (offline, silent hub, proxies), preprocessing
 decided by dtype and mode, ImageNet labels and decoding; plus fuzzing of their arguments."""
+import hashlib
+import http.server
 import math
+import os
 import socket
 import threading
 import time
 import warnings
 
 import numpy as np
+import psutil
 import pytest
 from PIL import Image
 from safetensors.numpy import save_file
@@ -33,6 +37,26 @@ def test_create_model_is_the_one_entry_point(tmp_path):
     assert m.name == "gcvit_xxtiny"
     x = np.random.default_rng(0).normal(size=(1, 64, 64, 3)).astype("float32")
     np.testing.assert_array_equal(run(m, x), run(model, x))
+
+
+def test_default_num_classes_takes_the_checkpoint_head(tmp_path, capsys):
+    "Issue 24 #1: a 5-class checkpoint used to give a 1000-class model with a random head."
+    tiny = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_ratio=2.0, drop_path_rate=0.0,
+                layer_scale=None, input_shape=(64, 64, 3))
+    five = P.GCViT.from_variant("gcvit_xxtiny", num_classes=5, **tiny)
+    state = gcvit_nb.timm_state_dict(five)
+    save_file(state, str(tmp_path / "five.safetensors"))
+    for source in (tmp_path / "five.safetensors", state):
+        m = P.create_model("gcvit_xxtiny", pretrained=source, **tiny)
+        assert m.output_shape == (None, 5)
+        np.testing.assert_array_equal(gcvit_nb.timm_state_dict(m)["head.fc.weight"], state["head.fc.weight"])
+    assert capsys.readouterr().out == ""                      # nothing replaced, nothing to report
+    wide = P.create_model("gcvit_xxtiny", pretrained=tmp_path / "five.safetensors", num_classes=1000, **tiny)
+    assert wide.output_shape == (None, 1000)                 # asked for: backbone + new head, and said so
+    said = capsys.readouterr().out
+    assert "5 classes" in said and "1000" in said
+    np.testing.assert_array_equal(gcvit_nb.timm_state_dict(wide)["stem.conv1.weight"], state["stem.conv1.weight"])
+    assert P.create_model("gcvit_xxtiny", **tiny).output_shape == (None, 1000)   # no checkpoint: ImageNet's 1000
 
 
 @pytest.mark.parametrize("pretrained", [1, 0.5, ["w.safetensors"], object(), b"w.safetensors"])
@@ -131,6 +155,154 @@ def no_proxy_env(monkeypatch):
         monkeypatch.delenv(var, raising=False)
 
 
+# ---------------------------------------------------------------- downloads that tell the truth (issue 24 #6)
+
+class LoopbackHub:
+    """A hub on loopback (point HF_ENDPOINT at `url`) serving `files` {repo/filename: bytes}.
+    `status`: every request answers that HTTP error. `rate`: bytes per second of each body.
+    `corrupt_first`: the first GET sends garbage of the right length under the right ETag (a
+    transfer that went wrong). `stall_after`: each GET sends that many body bytes, then nothing."""
+
+    def __init__(self, files, *, status=None, rate=None, corrupt_first=False, stall_after=None):
+        hub = self
+        self.files, self.gets, self.stop = files, 0, threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _find(self):
+                parts = self.path.split("?")[0].strip("/").split("/")
+                return files.get("/".join(parts[:2]) + "/" + "/".join(parts[4:]))
+
+            def _head(self, data):
+                if status:
+                    self.send_error(status)
+                    return False
+                if data is None:
+                    self.send_error(404)
+                    return False
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.send_header("ETag", '"' + hashlib.sha256(data).hexdigest() + '"')
+                self.send_header("X-Repo-Commit", "0" * 40)
+                self.end_headers()
+                return True
+
+            def do_HEAD(self):
+                self._head(self._find())
+
+            def do_GET(self):
+                data = self._find()
+                if not self._head(data):
+                    return
+                hub.gets += 1
+                if corrupt_first and hub.gets == 1:
+                    data = bytes(len(data))
+                if stall_after is not None:
+                    self.wfile.write(data[:stall_after])
+                    self.wfile.flush()
+                    hub.stop.wait(60)
+                    return
+                step = 64 * 1024
+                for i in range(0, len(data), step):
+                    self.wfile.write(data[i:i + step])
+                    if rate:
+                        time.sleep(step / rate)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _checkpoint_bytes(n_floats: int, seed: int = 0) -> bytes:
+    from safetensors.numpy import save
+    return save({"w": np.random.default_rng(seed).normal(size=n_floats).astype("float32")})
+
+
+def _ours():
+    "Our threads (not the test servers' request threads) and our live child processes."
+    threads = {t for t in threading.enumerate() if "process_request" not in t.name}
+    return threads, [c for c in psutil.Process().children() if c.is_running()]
+
+
+@pytest.fixture
+def hub_factory(monkeypatch, no_proxy_env):
+    made = []
+    def make(files, **kwargs):
+        made.append(LoopbackHub(files, **kwargs))
+        monkeypatch.setenv("HF_ENDPOINT", made[-1].url)
+        return made[-1]
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_slow_healthy_download_is_not_aborted(hub_factory, tmp_path):
+    "1 MiB/s used to be 'no progress' (the watchdog saw the file grow by 10 MiB chunks only)."
+    data = _checkpoint_bytes(3 * 2 ** 18)                     # 3 MiB
+    hub_factory({"timm/gcvit_xxtiny.in1k/model.safetensors": data}, rate=2 ** 20)
+    t0 = time.perf_counter()
+    path = P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=1)
+    assert time.perf_counter() - t0 > 2.5                    # it really took seconds ...
+    assert path.read_bytes() == data                          # ... and was not cut off
+
+
+def test_stalled_download_says_so_and_leaves_nothing_running(hub_factory, tmp_path, capfd):
+    data = _checkpoint_bytes(2 ** 18)
+    hub_factory({"timm/gcvit_xxtiny.in1k/model.safetensors": data}, stall_after=1000)
+    before = _ours()
+    t0 = time.perf_counter()
+    with pytest.raises(P.PretrainedWeightsUnavailable, match="no data for 1 s") as e:
+        P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=1)
+    assert time.perf_counter() - t0 < 40                     # 6 tries of 1 s, 1 s apart
+    assert "pretrained=" in str(e.value)
+    assert _ours() == before
+    printed = capfd.readouterr().err
+    time.sleep(2)
+    assert "resume" not in capfd.readouterr().err, "something kept downloading after the error"
+    assert "resume" in printed.lower()                        # the hub's resumes came before it
+    assert not list((tmp_path).rglob("*.incomplete"))
+
+
+def test_corrupt_download_leaves_the_cache_and_the_next_call_downloads_again(hub_factory, tmp_path):
+    "Only the snapshot link used to go: the retry re-linked the bad blob."
+    data = _checkpoint_bytes(1000)
+    hub = hub_factory({"timm/gcvit_xxtiny.in1k/model.safetensors": data}, corrupt_first=True)
+    with pytest.raises(ValueError, match="removed from the cache"):
+        P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path)
+    assert [p for p in tmp_path.rglob("*") if p.is_file() and "blobs" in p.parts] == []
+    path = P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path)
+    assert hub.gets == 2 and path.read_bytes() == data
+
+
+@pytest.mark.parametrize("status", [500, 503])
+def test_http_errors_are_reported_as_such(hub_factory, tmp_path, status):
+    hub_factory({}, status=status)
+    t0 = time.perf_counter()
+    with pytest.raises(P.PretrainedWeightsUnavailable, match=f"HTTP {status}") as e:
+        P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=5)
+    assert "no progress" not in str(e.value) and "no answer" not in str(e.value)
+    assert time.perf_counter() - t0 < 3
+
+
+def test_failed_calls_leave_no_threads_or_processes(silent, hub_factory, tmp_path, monkeypatch):
+    "Three failing calls used to leave three live threads."
+    hub_factory({}, status=500)
+    before = _ours()
+    for endpoint in (f"http://127.0.0.1:{silent.port}", os.environ["HF_ENDPOINT"], "http://127.0.0.1:9"):
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        with pytest.raises(P.PretrainedWeightsUnavailable):
+            P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=1)
+    assert _ours() == before
+
+
 def test_offline_pretrained_fails_fast_with_url(monkeypatch, tmp_path, no_proxy_env):
     monkeypatch.setenv("HF_ENDPOINT", "https://unreachable.invalid")
     t0 = time.perf_counter()
@@ -138,10 +310,21 @@ def test_offline_pretrained_fails_fast_with_url(monkeypatch, tmp_path, no_proxy_
         P.download_checkpoint("gcvit_tiny", cache_dir=tmp_path, timeout=2)
     assert time.perf_counter() - t0 < 10
     assert "unreachable.invalid/timm/gcvit_tiny.in1k/resolve/main/model.safetensors" in str(e.value)
+    assert "cannot resolve host unreachable.invalid" in str(e.value), str(e.value)
     assert "pretrained=" in str(e.value)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(P.PretrainedWeightsUnavailable, match="HF_HUB_OFFLINE"):
         P.download_checkpoint("gcvit_tiny", cache_dir=tmp_path)
+
+
+def test_refused_connection_is_named(monkeypatch, tmp_path, no_proxy_env):
+    spare = socket.socket()
+    spare.bind(("127.0.0.1", 0))
+    port = spare.getsockname()[1]
+    spare.close()                                          # nothing listens there now
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    with pytest.raises(P.PretrainedWeightsUnavailable, match="refused the connection"):
+        P.download_checkpoint("gcvit_xxtiny", cache_dir=tmp_path, timeout=2)
 
 
 def test_hub_that_accepts_but_never_answers(silent, monkeypatch, tmp_path, no_proxy_env):
@@ -152,18 +335,19 @@ def test_hub_that_accepts_but_never_answers(silent, monkeypatch, tmp_path, no_pr
     assert finished, "the download start was not bounded"
     assert isinstance(error, P.PretrainedWeightsUnavailable), error
     assert time.perf_counter() - t0 < 6
-    assert f"127.0.0.1:{silent.port}" in str(error) and "pretrained=" in str(error)
+    assert f"127.0.0.1:{silent.port}" in str(error) and "no answer within 1 s" in str(error)
 
 
 def test_silent_hub_after_a_successful_probe_is_still_bounded(silent, monkeypatch, tmp_path, no_proxy_env):
-    "The download itself (not only the probe) runs under the timeout."
-    monkeypatch.setattr(P, "_hub_answers", lambda url, timeout: True)
+    "The download itself (not only the probe) runs under the timeout, and its process is ended."
+    monkeypatch.setattr(P, "_probe", lambda url, timeout: None)
+    before = _ours()
     t0 = time.perf_counter()
-    finished, error = _within(60, lambda: P.fetch_checkpoint("timm/gcvit_xxtiny.in1k", "model.safetensors",
-                                                             endpoint=f"http://127.0.0.1:{silent.port}",
-                                                             cache_dir=tmp_path, timeout=1))
-    assert finished and isinstance(error, P.PretrainedWeightsUnavailable), error
+    with pytest.raises(P.PretrainedWeightsUnavailable, match="no file within 2 s"):
+        P.fetch_checkpoint("timm/gcvit_xxtiny.in1k", "model.safetensors",
+                           endpoint=f"http://127.0.0.1:{silent.port}", cache_dir=tmp_path, timeout=1)
     assert time.perf_counter() - t0 < 15
+    assert _ours() == before
 
 
 def test_the_probe_goes_through_https_proxy(silent, monkeypatch, tmp_path, no_proxy_env):
@@ -180,10 +364,12 @@ def test_the_probe_goes_through_https_proxy(silent, monkeypatch, tmp_path, no_pr
 
 
 @pytest.mark.parametrize("timeout", [0.5, 1.5])
-def test_probe_is_bounded_by_its_timeout(silent, timeout):
+def test_probe_is_bounded_by_its_timeout(silent, timeout, no_proxy_env):
+    before = threading.active_count()
     t0 = time.perf_counter()
-    assert P._hub_answers(f"http://127.0.0.1:{silent.port}/x", timeout) is False
+    assert P._probe(f"http://127.0.0.1:{silent.port}/x", timeout) == f"no answer within {timeout:g} s"
     assert time.perf_counter() - t0 < timeout + 1
+    assert threading.active_count() == before              # asked in the calling thread
 
 
 # ---------------------------------------------------------------- preprocessing
