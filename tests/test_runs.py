@@ -2,11 +2,14 @@
 import contextlib
 import errno
 import fcntl
+import filecmp
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +76,7 @@ def test_run_checkpoint_commits_an_epoch(tmp_path):
     with runs.run_directory(tmp_path / "run", {"epochs": 2}) as state:
         net.fit(x, y, validation_data=(x, y), epochs=2, verbose=0,
                 callbacks=[runs.RunCheckpoint(tmp_path / "run", state, monitor="val_mae")])
-    st = runs.read_state(tmp_path / "run")
+    st = runs._read_state(tmp_path / "run")
     assert st["epoch"] == 2 and st["checkpoint"] == "checkpoints/epoch_002.keras"
     assert len(st["history"]["loss"]) == 2 and json.loads((tmp_path / "run" / "history.json").read_text())["loss"]
     assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["epoch_002.keras"]
@@ -81,16 +84,20 @@ def test_run_checkpoint_commits_an_epoch(tmp_path):
 
 # --- issue 15: run directories that never lose work -------------------------------------------------------
 
-def _mini_run(run_dir, epochs=1, fail_copy_at=None, monkeypatch=None):
-    "A run directory written by RunCheckpoint around a two-layer model (fast on every backend)."
+def _mini_run(run_dir, epochs=1, callbacks=(), resume=False):
+    """A run directory written by RunCheckpoint around a two-layer model (fast on every backend): two batches
+    per epoch; `resume` continues a committed one from its checkpoint."""
     keras.utils.set_random_seed(0)
     net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
     net.compile(optimizer="adam", loss="mse", metrics=["mae"])
     x = np.random.default_rng(0).random((8, 4)).astype("float32")
     y = np.random.default_rng(1).random((8, 3)).astype("float32")
-    with runs.run_directory(run_dir, {"epochs": epochs}) as state:
-        net.fit(x, y, validation_data=(x, y), epochs=epochs, verbose=0,
-                callbacks=[runs.RunCheckpoint(run_dir, state, monitor="val_mae")])
+    with runs.run_directory(run_dir, {"epochs": epochs}, resume=resume) as state:
+        if state["epoch"]:
+            net.optimizer.build(net.trainable_variables)
+            runs.restore_checkpoint(net, run_dir, state)
+        net.fit(x, y, validation_data=(x, y), batch_size=4, epochs=epochs, initial_epoch=state["epoch"],
+                verbose=0, callbacks=[runs.RunCheckpoint(run_dir, state, monitor="val_mae"), *callbacks])
     return net
 
 
@@ -424,7 +431,7 @@ def test_without_fcntl_the_message_says_what_to_do(tmp_path, monkeypatch):
 def test_best_last_and_checkpoint_are_independent_files(tmp_path):
     run = tmp_path / "run"
     net = _mini_run(run)                                     # (not a copy: copying breaks hard links)
-    ckpt = run / runs.read_state(run)["checkpoint"]
+    ckpt = run / runs._read_state(run)["checkpoint"]
     for p in (run / "best.keras", run / "last.keras", ckpt):
         assert p.stat().st_nlink == 1
     before = {p: p.read_bytes() for p in (run / "last.keras", ckpt, run / "state.json")}
@@ -446,7 +453,7 @@ def test_kill_between_commit_and_copies_is_repaired_on_resume(tmp_path, monkeypa
     monkeypatch.setattr(runs, "_copy_file", killed)
     with pytest.raises(KeyboardInterrupt):
         _mini_run(run)
-    state = runs.read_state(run)
+    state = runs._read_state(run)
     assert state["epoch"] == 1 and (run / state["checkpoint"]).is_file()     # epoch 1 is committed
     assert not (run / "last.keras").exists() and not (run / "best.keras").exists()
     monkeypatch.setattr(runs, "_copy_file", real_copy)
@@ -463,7 +470,7 @@ def test_state_without_config_or_corrupt_is_a_clear_error(tmp_path, mini_run):
     good = (run / "state.json").read_text()
     (run / "state.json").write_text('{"epoch": 1, "checkpoint": "x"')
     with pytest.raises(ValueError, match=r"state\.json is damaged") as e:
-        runs.read_state(run)
+        runs._read_state(run)
     assert str(run / "state.json") in str(e.value)
     state = json.loads(good)
     del state["config"]
@@ -514,7 +521,7 @@ def test_state_with_a_wrong_field_type_is_refused_on_open(tmp_path, mini_run, fi
     assert f"but it is {got}: {json.dumps(value)}" in msg
     assert "Correct that field" in msg and "start a new run" in msg
     with pytest.raises(ValueError, match=f"the field `{field}` should be"):
-        runs.read_state(run)
+        runs._read_state(run)
 
 
 @once
@@ -533,11 +540,11 @@ def test_state_whose_epochs_have_no_checkpoint_is_refused(tmp_path, mini_run):
 def test_a_valid_state_passes_and_old_optional_fields_default(tmp_path, mini_run):
     run = _copy(mini_run, tmp_path)
     state = json.loads((run / "state.json").read_text())
-    assert runs.read_state(run) == state           # what RunCheckpoint writes fits
+    assert runs._read_state(run) == state           # what RunCheckpoint writes fits
     for optional in ("format", "epoch_seconds", "resumed_at", "rng_state"):
         del state[optional]
     (run / "state.json").write_text(json.dumps(state))
-    st = runs.read_state(run)
+    st = runs._read_state(run)
     assert st["epoch_seconds"] == [] and st["resumed_at"] == []
 
 
@@ -546,12 +553,12 @@ def test_a_newer_state_format_asks_for_an_upgrade_before_checking_fields(tmp_pat
     (tmp_path / "state.json").write_text(json.dumps({"format": 3, "config": {},
                                                      "epoch": {"done": 2}}))
     with pytest.raises(ValueError, match="written by a newer gcvit-nb .state format 3"):
-        runs.read_state(tmp_path)
+        runs._read_state(tmp_path)
 
 @once
 def test_truncated_checkpoint_on_resume_is_a_clear_error(tmp_path, mini_run):
     run = _copy(mini_run, tmp_path)
-    ckpt = run / runs.read_state(run)["checkpoint"]
+    ckpt = run / runs._read_state(run)["checkpoint"]
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     with pytest.raises(ValueError, match="is damaged") as e:
         with runs.run_directory(run, {"epochs": 1}, resume=True):
@@ -572,3 +579,116 @@ def test_non_finite_loss_says_which_value_and_speaks_cli(tmp_path):
     cli = e.explain(cli=True)
     assert "--precision float32" in cli and "--lr" in cli and "precision='float32'" not in cli
     assert "training loss (loss)" in str(runs.NonFiniteLoss(1, "loss", float("inf")))
+
+
+# --- issue 24: Ctrl-C, a resume under another backend, a deleted best.keras ---------------------------------
+
+class _CtrlC(keras.callbacks.Callback):
+    "Sends this process SIGINT, as Ctrl-C does, after the first batch of epoch `at` (0-based)."
+    def __init__(self, at):
+        super().__init__()
+        self.at, self.epoch = at, 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == self.at and batch == 0:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@once
+def test_ctrl_c_mid_epoch_keeps_the_committed_epochs_and_says_how_to_resume(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(runs.RunInterrupted) as e:
+        _mini_run(run, epochs=3, callbacks=[_CtrlC(at=1)])
+    assert isinstance(e.value, KeyboardInterrupt) and (e.value.epoch, e.value.epochs) == (1, 3)
+    assert str(e.value) == (f"Interrupted: epoch 1 of 3 is committed in {run} (last.keras is epoch 1). "
+                            "To resume: the same call with resume=True")
+    state = runs._read_state(run)
+    assert state["epoch"] == 1 and len(state["history"]["loss"]) == 1
+    assert filecmp.cmp(run / state["checkpoint"], run / "last.keras", shallow=False)
+    assert not list(run.rglob(".*.tmp-*")) and not (run / ".gcvit-nb.lock").exists()
+    _mini_run(run, epochs=3, resume=True)
+    state = runs._read_state(run)
+    assert state["epoch"] == 3 and len(state["history"]["loss"]) == 3
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["epoch_003.keras"]
+
+
+@once
+def test_ctrl_c_during_a_commit_waits_for_the_whole_commit(tmp_path, monkeypatch):
+    "SIGINT while last.keras is being copied: the copies and history.json are written first, then it stops."
+    real_copy = runs._copy_file
+    def copy_after_ctrl_c(src, dst):
+        os.kill(os.getpid(), signal.SIGINT)
+        return real_copy(src, dst)
+    monkeypatch.setattr(runs, "_copy_file", copy_after_ctrl_c)
+    run = tmp_path / "run"
+    with pytest.raises(runs.RunInterrupted) as e:
+        _mini_run(run, epochs=2)
+    assert e.value.epoch == 1
+    ckpt = run / "checkpoints" / "epoch_001.keras"
+    for name in ("last.keras", "best.keras"):
+        assert filecmp.cmp(ckpt, run / name, shallow=False), name
+    assert len(json.loads((run / "history.json").read_text())["loss"]) == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler       # the handler is put back
+
+
+@pytest.mark.one_backend
+def test_run_interrupted_says_what_was_kept_in_each_case(tmp_path):
+    none = runs.RunInterrupted(tmp_path, 0, 5)
+    assert "before an epoch was finished" in str(none) and "To start again" in str(none)
+    done = runs.RunInterrupted(tmp_path, 5, 5)
+    assert "all 5 epochs are committed" in str(done) and "metrics.json" in str(done)
+    some = runs.RunInterrupted(tmp_path, 3, None)
+    assert "epochs 1-3 are committed" in str(some)
+    assert some.explain("gcvit-nb finetune --output x --resume").endswith(
+        "To resume: gcvit-nb finetune --output x --resume")
+
+
+@once
+def test_a_run_records_its_backend_and_refuses_a_resume_under_another(tmp_path, mini_run):
+    run = _copy(mini_run, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    assert state["config"]["backend"] == keras.backend.backend()
+    other = next(b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend())
+    state["config"]["backend"] = other
+    (run / "state.json").write_text(json.dumps(state))
+    with pytest.raises(ValueError) as e:
+        with runs.run_directory(run, {"epochs": 1}, resume=True):
+            pass
+    message = str(e.value)
+    assert f"trained with Keras' {other} backend" in message and f"runs {keras.backend.backend()}" in message
+    assert f"KERAS_BACKEND={other}" in message and "new run" in message
+    del state["config"]["backend"]                          # a run directory that never recorded one
+    (run / "state.json").write_text(json.dumps(state))
+    with runs.run_directory(run, {"epochs": 1}, resume=True) as st:
+        assert st["config"]["backend"] == keras.backend.backend()      # recorded from now on
+
+
+@once
+def test_a_deleted_best_keras_of_the_last_epoch_is_rebuilt(tmp_path, mini_run):
+    run = _copy(mini_run, tmp_path)
+    (run / "best.keras").unlink()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runs.RunWarning)     # rebuilt: nothing to warn about
+        with runs.run_directory(run, {"epochs": 1}, resume=True) as state:
+            assert state["best"]["epoch"] == state["epoch"] == 1
+    assert filecmp.cmp(run / state["checkpoint"], run / "best.keras", shallow=False)
+
+
+@once
+def test_a_deleted_best_keras_of_an_earlier_epoch_is_named_in_a_warning(tmp_path):
+    run = tmp_path / "run"
+    _mini_run(run, epochs=2)
+    state = json.loads((run / "state.json").read_text())
+    state["best"] = {"epoch": 1, "val_mae": 0.25}           # epoch 1 was the best, its checkpoint is gone
+    (run / "state.json").write_text(json.dumps(state))
+    (run / "best.keras").unlink()
+    with pytest.warns(runs.RunWarning) as caught:
+        with runs.run_directory(run, {"epochs": 2}, resume=True):
+            pass
+    message = str(caught[0].message)
+    assert f"{run / 'best.keras'} is missing and cannot be rebuilt" in message
+    assert "(1, val_mae 0.2500)" in message and "last committed one (2)" in message
+    assert str(run / "last.keras") in message and not (run / "best.keras").exists()
