@@ -11,19 +11,16 @@ import importlib.util
 import io
 import math
 import os
-import socket
 import struct
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import keras
 
-from .pretrained import IMAGENET_MEAN, IMAGENET_STD
+from .pretrained import IMAGENET_MEAN, IMAGENET_STD, _probe, check_image_file
 
 # %% ../nbs/09_data.ipynb #afe7be84
 def _tf():
@@ -124,11 +121,12 @@ def fashion_mnist_arrays(split: str = "train", root=None):
             '"gcvit-nb[train]" for TensorFlow Datasets.')
     import tensorflow_datasets as tfds
     builder = tfds.builder("fashion_mnist")
-    if not builder.is_prepared() and not _download_reachable():
+    problem = None if builder.is_prepared() else _tfds_host_problem(3.0)
+    if problem:
         raise DatasetUnavailable(
             f"Fashion-MNIST is not in {folder}, tfds has not prepared it in "
-            f"{builder.data_dir}, and {_TFDS_HOST} is unreachable (offline?): install "
-            f"the Debian package {_FASHION_MNIST_PACKAGE}.")
+            f"{builder.data_dir}, and {_TFDS_HOST} cannot be reached ({problem}): "
+            f"install the Debian package {_FASHION_MNIST_PACKAGE}.")
     builder.download_and_prepare()
     images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
                                                       as_supervised=True))
@@ -138,19 +136,10 @@ def load_fashion_mnist(path=None, *, train_limit=None, val_limit=None) -> ImageD
     "Fashion-MNIST from local IDX files: the official train split; test validates."
     tf = _tf()
     root = Path(path) if path else _fashion_mnist_dir()
-    files = {k: root / f"{k}-idx{3 if 'images' in k else 1}-ubyte.gz"
-             for k in ("train-images", "train-labels", "t10k-images", "t10k-labels")}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        raise FileNotFoundError(
-            f"Fashion-MNIST is not at {root} (missing {', '.join(missing)}). Install "
-            f"it with `apt-get install {_FASHION_MNIST_PACKAGE}`, or point "
-            "GCVIT_FASHION_MNIST_DIR at the IDX files.")
     parts = {}
-    for split, prefix, limit in (("train", "train", train_limit),
-                                 ("val", "t10k", val_limit)):
-        x = _read_idx(files[f"{prefix}-images"])
-        y = _read_idx(files[f"{prefix}-labels"]).astype("int32")
+    for split, official, limit in (("train", "train", train_limit),
+                                   ("val", "test", val_limit)):
+        x, y = fashion_mnist_arrays(official, root)
         keep = _balanced_subset(y, limit)
         parts[split] = (x[keep][..., None], y[keep])
     (xt, yt), (xv, yv) = parts["train"], parts["val"]
@@ -167,8 +156,13 @@ def load_fashion_mnist(path=None, *, train_limit=None, val_limit=None) -> ImageD
 
 # %% ../nbs/09_data.ipynb #4f768244
 def _inspect_image(path):
-    "(ok, reason, inline PNG bytes) of one file: can it be decoded? Does TF need help?"
+    """(ok, reason, inline PNG bytes) of one file: within the pixel limit (header only,
+    `check_image_file`)? Can it be decoded? Does TF need help?"""
     from PIL import Image
+    try:
+        check_image_file(path)
+    except OSError as e:
+        return False, str(e), b""
     try:
         with Image.open(path) as im:
             fmt, mode = im.format, im.mode
@@ -230,10 +224,15 @@ def load_image_folder(root, *, val_fraction: float = 0.2, seed: int = 0,
     if not 0 <= val_fraction < 1:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}.")
     paths, inline, labels, classes, skipped = _scan_image_folder(root)
-    if skipped and verbose:
+    if skipped:                   # never silent: printed, or a warning when not verbose
         more = [f"  … and {len(skipped) - 20} more"] if len(skipped) > 20 else []
-        print("\n".join([f"Skipped {len(skipped)} unreadable file(s) in {root}:"]
-                        + [f"  {name}: {why}" for name, why in skipped[:20]] + more))
+        report = "\n".join(
+            [f"Skipped {len(skipped)} unreadable or oversized file(s) in {root}:"]
+            + [f"  {name}: {why}" for name, why in skipped[:20]] + more)
+        if verbose:
+            print(report)
+        else:
+            warnings.warn(report, stacklevel=2)
     if len(paths) == 0:
         raise ValueError(f"{root} holds no readable images.")
     empty = [c for i, c in enumerate(classes) if not np.any(labels == i)]
@@ -269,21 +268,20 @@ _TFDS_SPLITS = {"tf_flowers": ("train[:90%]", "train[90%:]")}
 class DatasetUnavailable(RuntimeError):
     "The dataset is not available locally and cannot be downloaded."
 
-def _download_reachable(host: str = _TFDS_HOST, timeout: float = 3.0) -> bool:
-    """Does a TCP connection to `host` (or to the HTTPS proxy, when one is set) open
-    within `timeout` seconds, name lookup included?"""
-    proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
-    url = urlparse(proxy if "://" in proxy else f"http://{proxy}") if proxy else None
-    address = (url.hostname, url.port or 80) if url else (host, 443)
-    opened = []
-    def attempt():
-        with contextlib.suppress(OSError):
-            socket.create_connection(address, timeout=timeout).close()
-            opened.append(True)
-    worker = threading.Thread(target=attempt, daemon=True)
-    worker.start()
-    worker.join(timeout)
-    return bool(opened)
+def _tfds_host_problem(timeout: float):
+    "None when tfds' download host answers (the one network probe, Chapter 8's)."
+    return _probe(f"https://{_TFDS_HOST}/", timeout)
+
+def _balanced_take(ds, limit: int):
+    "The class-balanced `_balanced_subset` of a (data, label) dataset, in its order."
+    tf = _tf()
+    labels = np.fromiter(ds.map(lambda data, label: label).as_numpy_iterator(),
+                         np.int64)
+    keep = np.zeros(len(labels), bool)
+    keep[_balanced_subset(labels, limit)] = True
+    mask = tf.constant(keep)
+    chosen = ds.enumerate().filter(lambda i, element: mask[i])
+    return chosen.map(lambda i, element: element), int(keep.sum())
 
 def load_tfds(name: str, *, data_dir=None, splits=None, train_limit=None,
               val_limit=None, timeout: float = 3.0) -> ImageData:
@@ -296,10 +294,11 @@ def load_tfds(name: str, *, data_dir=None, splits=None, train_limit=None,
         raise ValueError(f"{name!r} is neither an image folder nor a TensorFlow "
                          f"Datasets name ({e}).") from None
     if not builder.is_prepared():
-        if not _download_reachable(timeout=timeout):
+        problem = _tfds_host_problem(timeout)
+        if problem:
             raise DatasetUnavailable(
                 f"The tfds dataset {name!r} is not prepared in {builder.data_dir} and "
-                f"cannot be downloaded: {_TFDS_HOST} is unreachable (offline?). "
+                f"cannot be downloaded: {_TFDS_HOST} cannot be reached ({problem}). "
                 "Alternatives: an image folder (--data /path/to/folder with one "
                 "sub-folder per class), fashion_mnist (--data fashion_mnist or "
                 "GCVIT_DATA=fashion_mnist; offline, from `apt-get install "
@@ -320,7 +319,7 @@ def load_tfds(name: str, *, data_dir=None, splits=None, train_limit=None,
             n = int(ds.cardinality())
             n = n if n >= 0 else int(ds.reduce(0, lambda count, _: count + 1))
         if limit is not None and limit < n:
-            ds, n = ds.take(limit), limit
+            ds, n = _balanced_take(ds, limit)
         return ds, n
     (train, n_train) = make(train_split, train_limit)
     (val, n_val) = make(val_split, val_limit)
@@ -377,15 +376,21 @@ def _normalise(image):
     return (image / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
 
 def eval_transform(image, size: int, crop_pct: float = 0.875):
-    "Centre square of `crop_pct` of the shorter side, resized to size², normalised."
+    """`preprocess_image`'s geometry in tf.data: shorter side to floor(size / crop_pct)
+    (bicubic, antialiased, rounded to 8-bit levels), centre size² crop, normalised."""
     tf = _tf()
     shape = tf.shape(image)
     h, w = shape[0], shape[1]
-    short = tf.cast(tf.minimum(h, w), tf.float32)
-    side = tf.maximum(1, tf.cast(tf.round(short * crop_pct), tf.int32))
-    image = tf.image.crop_to_bounding_box(image, (h - side) // 2, (w - side) // 2,
-                                          side, side)
-    return _normalise(_resize(image, size))
+    short = math.floor(size / crop_pct)
+    tall = w <= h
+    new_h = tf.where(tall, tf.maximum(1, short * h // w), short)
+    new_w = tf.where(tall, short, tf.maximum(1, short * w // h))
+    image = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
+                            method="bicubic", antialias=True)
+    image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
+    top = tf.cast(tf.round((new_h - size) / 2), tf.int32)      # half to even, as round()
+    left = tf.cast(tf.round((new_w - size) / 2), tf.int32)
+    return _normalise(image[top:top + size, left:left + size])
 
 def train_transform(image, seed, size: int, augment: Augment):
     "Random resized crop, flip, colour jitter from a stateless `seed` (2,); normalised."
