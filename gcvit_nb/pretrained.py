@@ -187,7 +187,9 @@ def fetch_checkpoint(repo_id: str, filename: str, *, endpoint=None, cache_dir=No
     Raises PretrainedWeightsUnavailable, saying what happened, when the hub (or the
     proxy) does not answer within `timeout` s, answers with an error, or stops sending
     for `timeout` s. A file that is not a readable checkpoint leaves the cache."""
-    from huggingface_hub import try_to_load_from_cache
+    with warnings.catch_warnings():       # tqdm in Jupyter without ipywidgets
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        from huggingface_hub import try_to_load_from_cache
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
             or not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds: {timeout!r}.")
