@@ -17,7 +17,7 @@ import keras
 
 from . import missing_extra
 from .runtime import pick_precision
-from .model import GCViT, VARIANTS
+from .model import GCViT, variant_spec
 from .checkpoints import load_pretrained
 from .pretrained import create_model, download_checkpoint
 from .data import Augment, load_data, make_dataset
@@ -51,9 +51,7 @@ def build_classifier(model, num_classes: int, image_size: int, *, pretrained=Fal
         net = GCViT(**{**model, **extra, "num_classes": num_classes,
                        "input_shape": shape})
     else:
-        if model not in VARIANTS:
-            raise ValueError(f"Unknown GCViT variant {model!r}. Valid names: "
-                             f"{', '.join(VARIANTS)}.")
+        variant_spec(model)             # an unknown name: a ValueError listing them
         source = (download_checkpoint(model) if pretrained is True
                   else (pretrained or None))
         net = create_model(model, pretrained=False, num_classes=num_classes,

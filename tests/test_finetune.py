@@ -4,11 +4,15 @@ warmup-cosine schedule (Keras' own), run directories that reload in a fresh Pyth
 Runs on the active Keras backend (KERAS_BACKEND=tensorflow|jax|torch) with a tiny GCViT at 48×48 on a
 generated image folder (see _training.py for how compilation is kept cheap).
 """
+import filecmp
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +122,7 @@ def test_a_run_writes_the_run_directory(straight):
     model = ft.load_run_model(run, "last")
     assert model.output_shape == (None, 3)
     assert not list(run.glob(".*tmp*")) and not (run / ".gcvit-nb.lock").exists()
-    state = runs.read_state(run)
+    state = runs._read_state(run)
     assert state["format"] == 2 and state["config"]["batch_size"] == 6 and state["config"]["window_size"] == [4, 4, 3, 2]
 
 
@@ -132,7 +136,7 @@ def test_readme_call_signature_still_works():
 
 def test_interrupt_then_resume(image_folder, tmp_path, interrupted, straight_run):
     run = _copy_run(interrupted, tmp_path)
-    state = runs.read_state(run)
+    state = runs._read_state(run)
     assert state["epoch"] == 1 and state["checkpoint"] == "checkpoints/epoch_001.keras"
     assert (run / "last.keras").is_file() and not (run / "metrics.json").exists()
     first_epoch = json.loads((run / "history.json").read_text())
@@ -205,7 +209,7 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(ft.NonFiniteLoss, match=r"training loss \(loss\) became nan in epoch 1") as e:
         ft.finetune(data, output=tmp_path / "nan", epochs=1, augment=False, **RUN)
     assert e.value.key == "loss" and "precision='float32'" in str(e.value)
-    assert runs.read_state(tmp_path / "nan") is None and not (tmp_path / "nan" / "last.keras").exists()
+    assert runs._read_state(tmp_path / "nan") is None and not (tmp_path / "nan" / "last.keras").exists()
 
 
 @once
@@ -251,6 +255,100 @@ def test_cli_run_and_resume(image_folder, tmp_path, monkeypatch, capsys):
     assert _cli(args + ["--resume"]) == 0               # all epochs done: evaluates and rewrites metrics
     assert json.loads((tmp_path / "cli" / "metrics.json").read_text())["epochs_completed"] == 1
 
+
+
+# -- issue 24: Ctrl-C in a real process; a resume under another backend ---------------------------------------
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import sys, time
+    import keras
+    from _training import RUN, TINY
+    from gcvit_nb import cli
+    from gcvit_nb import finetune as ft
+    ready = sys.argv[1]
+
+    class Stall(keras.callbacks.Callback):
+        "In epoch 2, after its first step: tell the test, then wait for its Ctrl-C."
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == 1:
+                open(ready, "w").close()
+                time.sleep(600)
+
+    # the CLI builds named variants: the tiny architecture instead, as in test_cli_run_and_resume
+    real_build, real_finetune = ft.build_classifier, ft.finetune
+    ft.build_classifier = lambda model, *a, **k: real_build(TINY, *a, **k)
+    ft.finetune = lambda *a, **k: real_finetune(*a, **k, drop_path_rate=0.0,
+                                                run_eagerly=RUN["run_eagerly"], callbacks=[Stall()])
+    sys.exit(cli.main(sys.argv[2:]))
+""")
+
+
+@once
+def test_cli_ctrl_c_mid_epoch_is_one_line_status_130_and_its_command_resumes(image_folder, tmp_path, monkeypatch,
+                                                                              straight_run):
+    """`gcvit-nb finetune` in a real process gets SIGINT in the middle of epoch 2: one line saying what was kept
+    and the exact command that resumes, exit status 130, no half-written file; that command then finishes the
+    run exactly as an uninterrupted one."""
+    run, ready = tmp_path / "my run", tmp_path / "ready"
+    argv = ["finetune", "--data", str(image_folder), "--no-pretrained", "--epochs", "2", "--train-limit", "6",
+            "--image-size", "48", "--window-size", "4,4,3,2", "--batch-size", "6", "--output", str(run), "--quiet"]
+    env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3",
+               PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT)]))
+    with open(tmp_path / "out.txt", "w") as out, open(tmp_path / "err.txt", "w") as err:
+        child = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(ready), *argv], env=env, cwd=ROOT,
+                                 stdout=out, stderr=err)
+        try:
+            deadline = time.monotonic() + 600
+            while not ready.exists() and child.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert ready.exists(), (tmp_path / "err.txt").read_text()[-3000:]
+            child.send_signal(signal.SIGINT)                     # Ctrl-C
+            status = child.wait(timeout=300)
+        finally:
+            if child.poll() is None:
+                child.kill()
+    err = (tmp_path / "err.txt").read_text()
+    assert status == 130 and "Traceback" not in err, err[-3000:]
+    command = shlex.join(["gcvit-nb", *argv, "--resume"])                   # the path has a space: quoted
+    assert err.strip().splitlines()[-1] == (
+        f"gcvit-nb finetune: Interrupted: epoch 1 of 2 is committed in {run} (last.keras is epoch 1). "
+        f"To resume: {command}")
+    state = runs._read_state(run)
+    assert state["epoch"] == 1 and not (run / "metrics.json").exists()
+    assert not list(run.rglob(".*.tmp-*")) and not (run / ".gcvit-nb.lock").exists()   # nothing half-written
+    for name in ("last.keras", "best.keras"):
+        assert filecmp.cmp(run / state["checkpoint"], run / name, shallow=False), name
+    real_build, real_finetune = ft.build_classifier, ft.finetune           # the printed command, run here
+    monkeypatch.setattr(ft, "build_classifier", lambda model, *a, **k: real_build(TINY, *a, **k))
+    monkeypatch.setattr(ft, "finetune", lambda *a, **k: real_finetune(*a, **{**k, "drop_path_rate": 0.0,
+                                                                            "run_eagerly": RUN["run_eagerly"]}))
+    assert _cli(shlex.split(command)[2:]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == 2 and metrics["resumed_at"] == [1]
+    history = json.loads((run / "history.json").read_text())
+    np.testing.assert_allclose(history["loss"], straight_run["loss"], rtol=1e-5)
+    np.testing.assert_allclose(history["val_loss"], straight_run["val_loss"], rtol=1e-5)
+
+
+@once
+def test_cli_refuses_a_resume_under_another_backend(image_folder, tmp_path, interrupted, capsys):
+    run = _copy_run(interrupted, tmp_path)
+    state = json.loads((run / "state.json").read_text())
+    assert state["config"]["backend"] == BACKEND                            # the run recorded its backend
+    other = next(b for b in ("tensorflow", "jax", "torch") if b != BACKEND)
+    state["config"]["backend"] = other                                      # as a run on `other` writes it
+    (run / "state.json").write_text(json.dumps(state))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert _cli(["--data", str(image_folder), "--no-pretrained", "--batch-size", "6", "--output", str(run),
+                 "--resume"]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gcvit-nb finetune: error: "), err
+    assert f"trained with Keras' {other} backend" in lines[0] and f"runs {BACKEND}" in lines[0]
+    assert f"KERAS_BACKEND={other}" in lines[0] and "new run" in lines[0]
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before      # nothing trained or changed
 
 @once
 def test_pretrained_offline_is_an_error_not_a_silent_fallback(image_folder, tmp_path, monkeypatch, capsys):
@@ -435,7 +533,7 @@ def test_nan_validation_loss_is_named_as_such(tmp_path):
     data = array_data(x, y, x_val, y[:6], description="NaN validation images")
     with pytest.raises(ft.NonFiniteLoss, match=r"validation loss \(val_loss\) became nan in epoch 1") as e:
         ft.finetune(data, output=tmp_path / "nan", epochs=1, augment=False, **RUN)
-    assert e.value.key == "val_loss" and runs.read_state(tmp_path / "nan") is None
+    assert e.value.key == "val_loss" and runs._read_state(tmp_path / "nan") is None
 
 
 @once
