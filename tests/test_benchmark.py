@@ -11,9 +11,8 @@ import pytest
 
 import gcvit_nb.bench_worker as bench_worker
 import gcvit_nb.benchmark as benchmark
-from gcvit_nb.bench_worker import summarize_times
 from gcvit_nb import cli
-from gcvit_nb.benchmark import ReferenceUnavailable, find_reference_python, format_results
+from gcvit_nb.benchmark import ReferenceUnavailable, format_results
 
 BACKEND = keras.backend.backend()
 # On JAX a smoke training run alone takes ~50 s here (building a Keras model compiles one XLA program per weight
@@ -28,9 +27,54 @@ def _bench(argv):
 
 
 def test_summarize_times():
-    s = summarize_times([0.3, 0.1, 0.2, 0.4], batch_size=2)
+    s = bench_worker._summarize_times([0.3, 0.1, 0.2, 0.4], batch_size=2)
     assert s["median_s"] == pytest.approx(0.25) and s["images_per_s"] == pytest.approx(8.0)
     assert s["min_s"] == 0.1 and s["max_s"] == 0.4 and s["n"] == 4
+
+
+def test_model_spec_delegates_the_variant_check():
+    "One unknown-variant check (gcvit_nb.model.variant_spec); the smoke model is the worker's own."
+    from gcvit_nb.model import variant_spec
+    keys = bench_worker.SMOKE_MODELS["gcvit_smoke"]
+    assert bench_worker.model_spec("gcvit_tiny") == {k: variant_spec("gcvit_tiny")[k] for k in keys}
+    assert bench_worker.model_spec("gcvit_smoke") == bench_worker.SMOKE_MODELS["gcvit_smoke"]
+    with pytest.raises(ValueError) as expected:
+        variant_spec("gcvit_huge")
+    with pytest.raises(ValueError) as got:
+        bench_worker.model_spec("gcvit_huge")
+    assert str(got.value).startswith(str(expected.value)) and "gcvit_smoke" in str(got.value)
+
+
+def test_logits_are_compared_with_the_reference(tmp_path):
+    "Each side against the reference's logits; after a failed reference run, against nothing (no crash)."
+    import numpy as np
+    ref, keras_side = tmp_path / "logits_timm_eager.npy", tmp_path / "logits_torch_predictor.npy"
+    np.save(ref, np.array([[1.0, 2.0]], "float32"))
+    np.save(keras_side, np.array([[1.0, 2.5]], "float32"))
+    runs = [dict(ok=True, side="timm"), dict(ok=True, side="torch")]
+    anchor = benchmark._compare_logits(runs[0], ref, None, "timm")
+    anchor = benchmark._compare_logits(runs[1], keras_side, anchor, "timm")
+    assert anchor == ref and runs[0]["logits_max_abs_diff"] == 0.0
+    assert runs[1]["logits_max_abs_diff"] == 0.5 and runs[1]["logits_compared_with"] == "timm_eager"
+    failed, after = dict(ok=False, side="timm"), dict(ok=True, side="torch")
+    anchor = benchmark._compare_logits(failed, None, None, "timm")
+    assert benchmark._compare_logits(after, keras_side, anchor, "timm") is None
+    assert "logits_max_abs_diff" not in after
+    alone = dict(ok=True, side="torch")          # no reference: the first side is the anchor
+    assert benchmark._compare_logits(alone, keras_side, None, None) == keras_side
+    assert alone["logits_max_abs_diff"] == 0.0
+
+
+def test_device_peak_memory_only_where_the_probe_sees_a_device(monkeypatch):
+    "A Keras child reads its device's peak memory only when gcvit_nb.runtime.accelerator_names finds one."
+    import gcvit_nb.runtime as runtime
+    backend = keras.backend.backend()
+    monkeypatch.setattr(runtime, "accelerator_names", lambda: [])
+    assert bench_worker._device_peak_mb(backend) is None
+    asked = []
+    monkeypatch.setattr(runtime, "accelerator_names", lambda: asked.append(1) or ["Test GPU"])
+    bench_worker._device_peak_mb(backend)       # a CPU build cannot answer: None, never an error
+    assert asked == [1]
 
 
 def test_parser_defaults():
@@ -84,22 +128,22 @@ def test_missing_reference_python_is_a_clear_error(capsys, monkeypatch):
 def test_reference_python_from_the_environment(monkeypatch):
     monkeypatch.setenv("GCVIT_REFERENCE_PYTHON", "/no/such/python3")
     with pytest.raises(ReferenceUnavailable, match="/no/such/python3"):
-        find_reference_python()
-    assert find_reference_python(sys.executable) == sys.executable     # the option wins over the variable
+        benchmark._find_reference_python()
+    assert benchmark._find_reference_python(sys.executable) == sys.executable     # the option wins over the variable
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="this Python has timm")
 def test_no_reference_named_and_no_timm_here(monkeypatch):
     monkeypatch.delenv("GCVIT_REFERENCE_PYTHON", raising=False)
     with pytest.raises(ReferenceUnavailable, match="no timm"):
-        find_reference_python()
+        benchmark._find_reference_python()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("timm") is not None, reason="this Python has timm")
 def test_reference_python_without_timm_is_refused_before_any_run():
     "A Python that exists but cannot import timm fails the check, with its own error in the message."
     with pytest.raises(ReferenceUnavailable, match="timm") as e:
-        benchmark.check_reference(sys.executable)
+        benchmark._check_reference(sys.executable)
     assert "--reference none" in str(e.value)
 
 
@@ -195,7 +239,7 @@ def test_fuzz_bench_arguments(monkeypatch, capsys, tmp_path):
     argparse's SystemExit 0/2), never in an exception or a traceback."""
     import random
     monkeypatch.setattr(benchmark, "_run_child", _fake_child)
-    monkeypatch.setattr(benchmark, "check_reference", lambda python: {"timm": "1.0.31"})
+    monkeypatch.setattr(benchmark, "_check_reference", lambda python: {"timm": "1.0.31"})
     vocab = ["--model", "gcvit_smoke", "gcvit_huge", "", "--image-size", "0", "-5", "32", "1e9", "nan",
              "--batch-size", "--threads", "--repeats", "--warmup", "--rounds", "--timeout", "inf", "-inf",
              "--backends", BACKEND, "theano", ",", "jax,torch", "--reference", "none", "timm", "onnx",
@@ -254,8 +298,8 @@ def test_bad_size_lists_are_refused_before_any_run(argv, needle, monkeypatch, ca
 def _fake_sweep(monkeypatch, tmp_path, *argv):
     "`gcvit-nb bench` with the children faked: (exit status, the JSON it wrote, stdout)."
     monkeypatch.setattr(benchmark, "_run_child", _fake_child)
-    monkeypatch.setattr(benchmark, "check_reference", lambda python: {"timm": "1.0.31"})
-    monkeypatch.setattr(benchmark, "find_reference_python", lambda explicit=None: sys.executable)
+    monkeypatch.setattr(benchmark, "_check_reference", lambda python: {"timm": "1.0.31"})
+    monkeypatch.setattr(benchmark, "_find_reference_python", lambda explicit=None: sys.executable)
     out = tmp_path / "sweep.json"
     status = _bench(["--smoke", "--backends", BACKEND, *argv, "--json", str(out)])
     return status, json.loads(out.read_text())

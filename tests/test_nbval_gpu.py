@@ -82,8 +82,9 @@ def test_probe_in_this_process():
     info = ns["_gcvit_probe"]()
     assert info["keras_imported"] and info["backend"] == BACKEND
     assert "probe_error" not in info, info
-    from gcvit_nb.runtime import has_accelerator
+    from gcvit_nb.runtime import accelerator_names, has_accelerator
     assert info["accelerator"] == has_accelerator()
+    assert info["devices"] == (accelerator_names() or ["cpu"])     # the package's one device probe
 
 
 def test_guard_source_compiles():
@@ -113,6 +114,21 @@ def test_json_is_written_atomically(tmp_path, monkeypatch):
         nv.write_json_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_json_goes_through_the_packages_atomic_writer(tmp_path, monkeypatch):
+    "One atomic writer: the report is written by gcvit_nb.runs.atomic_write."
+    import gcvit_nb.runs as runs
+    real = runs.atomic_write
+    calls = []
+
+    def spy(path, write):
+        calls.append(path)
+        return real(path, write)
+    monkeypatch.setattr(runs, "atomic_write", spy)
+    nv.write_json_atomic(tmp_path / "sub" / "r.json", {"b": [1, 2]})
+    assert calls == [tmp_path / "sub" / "r.json"]
+    assert json.loads((tmp_path / "sub" / "r.json").read_text()) == {"b": [1, 2]}
 
 
 @pytest.fixture

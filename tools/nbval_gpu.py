@@ -88,7 +88,8 @@ _gcvit_block_modules()
 PROBE_SOURCE = r'''
 
 def _gcvit_probe(import_backend=False):
-    "What this process runs on: Keras backend, its devices, accelerator yes/no, peak device memory."
+    """What this process runs on: Keras backend, its accelerators (asked through the package's one device
+    probe, gcvit_nb.runtime.accelerator_names), the framework's build and the device's peak memory."""
     info = {"pid": _os.getpid(), "python": _sys.executable, "keras_imported": "keras" in _sys.modules}
     if not (import_backend or info["keras_imported"]):
         return info
@@ -96,39 +97,32 @@ def _gcvit_probe(import_backend=False):
     backend = keras.backend.backend()
     info.update(keras_imported=True, backend=backend, keras=keras.__version__, devices=[], accelerator=False, peak_mib=None)
     try:
+        from gcvit_nb.runtime import accelerator_names
+        names = accelerator_names()
+        info["devices"] = names or ["cpu"]
+        info["accelerator"] = bool(names)
         if backend == "jax":
             import jax
-            devs = jax.devices()
             info["framework"] = jax.__version__
             from importlib import metadata as _md
             info["cuda_build"] = sorted(f"{d.metadata['Name']} {d.version}" for d in _md.distributions()
                                         if d.metadata["Name"] and d.metadata["Name"].startswith("jax-cuda"))
-            info["devices"] = [f"{d.platform}:{getattr(d, 'device_kind', '')}" for d in devs]
-            info["accelerator"] = any(d.platform != "cpu" for d in devs)
-            if info["accelerator"]:
-                stats = devs[0].memory_stats() or {}
+            if names:
+                stats = jax.devices()[0].memory_stats() or {}
                 if "peak_bytes_in_use" in stats:
                     info["peak_mib"] = round(stats["peak_bytes_in_use"] / 2**20, 1)
         elif backend == "torch":
             import torch
             info["framework"] = torch.__version__
             info["cuda_build"] = torch.version.cuda
-            if torch.cuda.is_available():
-                info["accelerator"] = True
-                info["devices"] = [f"cuda:{torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
-                if torch.cuda.is_initialized():
-                    info["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-            else:
-                info["devices"] = ["cpu"]
+            if names and torch.cuda.is_initialized():
+                info["peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
         elif backend == "tensorflow":
             import tensorflow as tf
             info["framework"] = tf.__version__
             info["cuda_build"] = bool(tf.test.is_built_with_cuda())
-            gpus = tf.config.list_physical_devices("GPU") + tf.config.list_physical_devices("TPU")
-            info["devices"] = [d.name for d in gpus] or ["cpu"]
-            info["accelerator"] = bool(gpus)
             from tensorflow.python.eager import context as _ctx
-            if gpus and getattr(_ctx.context(), "_context_handle", None) is not None:   # already initialised
+            if names and getattr(_ctx.context(), "_context_handle", None) is not None:   # already initialised
                 info["peak_mib"] = round(tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20, 1)
     except Exception as e:                                  # the probe must never break a notebook
         info["probe_error"] = f"{type(e).__name__}: {e}"
@@ -157,6 +151,8 @@ def _gcvit_record(result=None):
         if info.get(key) in (None, [], False) and previous.get(key) not in (None, [], False):
             info[key] = previous[key]
     _gcvit_state["last"] = info
+    # its own two-line atomic write: importing gcvit_nb.runs here would import Keras into every kernel
+    # before the notebook's first cell does (and the probe reports whether the notebook imported Keras)
     tmp = _gcvit_out + ".tmp"
     with open(tmp, "w") as f:
         _json.dump(info, f)
@@ -173,18 +169,27 @@ def utcnow() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _atomic_write():
+    """gcvit_nb.runs.atomic_write, the package's one atomic file writer. Importing gcvit_nb imports Keras: when
+    KERAS_BACKEND is not set, this process takes an installed framework (lightest first), so that a machine
+    without TensorFlow, Keras' default, still writes its report. The kernels get their backend from child_env."""
+    if "keras" not in sys.modules and not os.environ.get("KERAS_BACKEND"):
+        installed = [b for b in ("torch", "tensorflow", "jax") if _installed(FRAMEWORK[b])]
+        if installed:
+            os.environ["KERAS_BACKEND"] = installed[0]
+    from gcvit_nb.runs import atomic_write
+    return atomic_write
+
+
 def write_json_atomic(path: Path, obj) -> None:
-    "Write `obj` as JSON through a temp file in the same folder and rename it onto `path`."
+    "Write `obj` as JSON to `path` all at once (gcvit_nb.runs.atomic_write: a temp file renamed onto it)."
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
+
+    def write(tmp):
+        with open(tmp, "w") as f:
             json.dump(obj, f, indent=1)
             f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    _atomic_write()(path, write)
 
 
 # ---------------------------------------------------------------------------------------------- what to run
