@@ -63,10 +63,28 @@ class RelativePositionBias(layers.Layer):
         return {**super().get_config(), "window": self.window,
                 "num_heads": self.num_heads}
 
+# %% ../nbs/05_attention.ipynb #05c25ca2
+def _split_heads(t, parts: int, num_heads: int):
+    "(B, nW, N, parts·C) -> (parts, B, nW, heads, N, d): q/k/v slices, head by head."
+    n_win, n, width = t.shape[1], t.shape[2], t.shape[3]
+    t = ops.reshape(t, (-1, n_win, n, parts, num_heads, width // (parts * num_heads)))
+    return ops.transpose(t, (3, 0, 1, 4, 2, 5))
+
+def _probabilities(q, k, scale: float, rel_pos):
+    "softmax(q·kᵀ·scale + B) over the keys: (B, nW, heads, N, N), each row sums to 1."
+    scores = ops.matmul(q * ops.cast(scale, q.dtype), ops.swapaxes(k, -1, -2))
+    return ops.softmax(rel_pos(scores), axis=-1)
+
+def _merge_heads(t):
+    "(B, nW, heads, N, d) -> (B, nW, N, heads·d): the heads side by side again."
+    n_win, heads, n, d = t.shape[1], t.shape[2], t.shape[3], t.shape[4]
+    return ops.reshape(ops.transpose(t, (0, 1, 3, 2, 4)), (-1, n_win, n, heads * d))
+
 # %% ../nbs/05_attention.ipynb #6f7872af
 @register
 class WindowAttention(layers.Layer):
-    "Multi-head attention in windows; `use_global=True` takes per-image global queries."
+    """Multi-head attention in windows; `use_global=True` takes per-image global
+    queries. `return_attention=True`: `(output, probabilities (B, nW, heads, N, N))`."""
     def __init__(self, dim: int, num_heads: int, window, use_global: bool = False,
                  qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
                  **kwargs):
@@ -89,40 +107,28 @@ class WindowAttention(layers.Layer):
         self.rel_pos.build()
         self.proj.build(windows_shape)
 
-    def _heads(self, t, parts):
-        "(B, nW, N, parts·C) -> (parts, B, nW, heads, N, d)."
-        n_win, n = t.shape[1], t.shape[2]
-        t = ops.reshape(t, (-1, n_win, n, parts, self.num_heads, self.head_dim))
-        return ops.transpose(t, (3, 0, 1, 4, 2, 5))
-
     def _queries_keys_values(self, windows, q_global):
         "q: (B, nW, heads, N, d), or (B, 1, heads, N, d) for global queries; k, v as q."
-        if not self.use_global:
-            return ops.unstack(self._heads(self.qkv(windows), 3), 3, axis=0)
-        if q_global is None:
+        if self.use_global and q_global is None:
             raise ValueError("A global attention layer needs the global query tokens "
                              "`q_global` (B, N, C).")
-        k, v = ops.unstack(self._heads(self.qkv(windows), 2), 2, axis=0)
-        n = windows.shape[2]
-        q = ops.reshape(q_global, (-1, 1, n, self.num_heads, self.head_dim))
-        return ops.transpose(q, (0, 1, 3, 2, 4)), k, v     # broadcast over windows
+        parts = 2 if self.use_global else 3
+        t = _split_heads(self.qkv(windows), parts, self.num_heads)
+        if not self.use_global:
+            return ops.unstack(t, 3, axis=0)
+        q = _split_heads(ops.expand_dims(q_global, 1), 1, self.num_heads)[0]
+        return (q, *ops.unstack(t, 2, axis=0))   # q: one "window", broadcast over all
 
-    def call(self, windows, q_global=None, training=None):
-        n_win, n = windows.shape[1], windows.shape[2]
+    def call(self, windows, q_global=None, training=None, return_attention=False):
         q, k, v = self._queries_keys_values(windows, q_global)
-        scores = ops.matmul(q * ops.cast(self.scale, q.dtype), ops.swapaxes(k, -1, -2))
-        scores = self.rel_pos(scores)
-        attn = ops.softmax(scores, axis=-1)
+        probs = _probabilities(q, k, self.scale, self.rel_pos)
+        weights = probs
         if self.attn_dropout is not None:
-            attn = self.attn_dropout(attn, training=training)
-        out = ops.transpose(ops.matmul(attn, v), (0, 1, 3, 2, 4))  # B, nW, N, heads, d
-        out = self.proj(ops.reshape(out, (-1, n_win, n, self.dim)))
+            weights = self.attn_dropout(probs, training=training)
+        out = self.proj(_merge_heads(ops.matmul(weights, v)))
         if self.proj_dropout is not None:
             out = self.proj_dropout(out, training=training)
-        return out
-
-    def compute_output_shape(self, windows_shape, q_global_shape=None):
-        return windows_shape
+        return (out, probs) if return_attention else out
 
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "num_heads": self.num_heads,

@@ -209,14 +209,16 @@ def make_attention(use_global, seed=10):
     return layer, p
 
 
-def reference_attention(windows, p, q_global=None):
+def reference_attention(windows, p, q_global=None, return_probs=False):
     """timm WindowAttentionGlobal, one query at a time. qkv output channels are laid out (part, head, d);
-    global queries (B, N, C) are shared by all windows of their image."""
+    global queries (B, N, C) are shared by all windows of their image. `return_probs`: also the softmax
+    rows, (B, nW, heads, N, N)."""
     b_, nw, n, c = windows.shape
     d = c // HEADS
     scale = d ** -0.5
     idx = brute_force_index(*WINDOW)
     out = np.zeros((b_, nw, n, c))
+    probs = np.zeros((b_, nw, HEADS, n, n))
     for b in range(b_):
         for w in range(nw):
             t = windows[b, w].astype("float64") @ p["qkv_w"] + p["qkv_b"]
@@ -229,9 +231,10 @@ def reference_attention(windows, p, q_global=None):
                 sl = slice(h * d, (h + 1) * d)
                 for i in range(n):
                     scores = np.array([(q[i, sl] * scale) @ k[j, sl] + p["table"][idx[i, j], h] for j in range(n)])
-                    heads[i, sl] = softmax(scores) @ v[:, sl]
+                    probs[b, w, h, i] = softmax(scores)
+                    heads[i, sl] = probs[b, w, h, i] @ v[:, sl]
             out[b, w] = heads @ p["proj_w"] + p["proj_b"]
-    return out
+    return (out, probs) if return_probs else out
 
 
 def test_local_window_attention_matches_numpy_loop():
@@ -250,6 +253,26 @@ def test_global_window_attention_matches_numpy_loop():
     windows = to_numpy(window_partition(x, WINDOW))
     y = to_numpy(layer(windows, q_global))
     np.testing.assert_allclose(y, reference_attention(windows, p, q_global), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_global", [False, True])
+def test_return_attention_gives_the_probabilities_the_output_is_made_of(use_global):
+    "`return_attention=True`: the softmax of the reference, rows summing to 1, that P·V and proj turn into the output."
+    layer, p = make_attention(use_global=use_global, seed=21)
+    windows = rng(22).standard_normal((B, 4, 6, C)).astype("float32")
+    q_global = rng(23).standard_normal((B, 6, C)).astype("float32") if use_global else None
+    out, probs = (to_numpy(t) for t in layer(windows, q_global, return_attention=True))
+    want_out, want_probs = reference_attention(windows, p, q_global, return_probs=True)
+    assert probs.shape == (B, 4, HEADS, 6, 6)
+    np.testing.assert_allclose(probs, want_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(probs.sum(-1), 1, rtol=1e-6)
+    np.testing.assert_array_equal(out, to_numpy(layer(windows, q_global)))     # asking changes nothing
+    # The output, rebuilt from these probabilities: P·V per head, heads side by side, then proj.
+    t = windows.astype("float64") @ p["qkv_w"] + p["qkv_b"]
+    v = t[..., -C:].reshape(B, 4, 6, HEADS, C // HEADS).transpose(0, 1, 3, 2, 4)
+    heads = (probs @ v).transpose(0, 1, 3, 2, 4).reshape(B, 4, 6, C)
+    np.testing.assert_allclose(heads @ p["proj_w"] + p["proj_b"], out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, want_out, rtol=1e-5, atol=1e-5)
 
 
 def test_global_attention_needs_queries():
