@@ -83,10 +83,15 @@ def test_bad_top_is_refused_by_the_parser(top, capsys):
 def test_unknown_model_is_a_clear_error(model, files, capsys):
     status, _, err = _run(capsys, ["predict", str(files / "chelsea.jpg"), "--model", model,
                                    "--weights", str(files / "random.safetensors")])
-    assert status == 2 and "unknown model" in err and "gcvit_xxtiny" in err
+    assert status == 2 and _one_error_line(err).startswith("gcvit-nb: error: Unknown GCViT variant")
+    assert repr(model) in err and "gcvit_xxtiny" in err                # names it and the valid names
     status, _, err = _run(capsys, ["convert", str(files / "random.safetensors"),
                                    str(files / "x.weights.h5"), "--model", model])
-    assert status == 2 and "unknown model" in err and not (files / "x.weights.h5").exists()
+    assert status == 2 and "Unknown GCViT variant" in err and not (files / "x.weights.h5").exists()
+    from gcvit_nb.model import variant_spec                              # the one check of a variant name
+    with pytest.raises(ValueError) as e:
+        variant_spec(model)
+    assert _one_error_line(err) == f"gcvit-nb: error: {e.value}"
 
 
 def test_no_image_at_all(capsys):
@@ -179,8 +184,8 @@ def test_no_library_module_carries_a_command_line():
 def test_written_out_copies_match_the_library():
     "The parser's copies of deploy.FORMATS and FinetuneConfig's precisions (kept so that it imports no Keras)."
     from gcvit_nb import deploy, finetune
-    assert cli.EXPORT_FORMATS == deploy.FORMATS
-    assert cli.FINETUNE_PRECISIONS == finetune._PRECISIONS
+    assert cli._EXPORT_FORMATS == deploy.FORMATS
+    assert cli._FINETUNE_PRECISIONS == finetune._PRECISIONS
 
 
 # -- a missing optional package: one line naming the extra, exit 1 (issue 23) -------------------------------
@@ -218,7 +223,7 @@ def test_module_not_found_in_a_handler_names_its_extra(module, extra, pip_name, 
     "A ModuleNotFoundError of an optional module, anywhere in a command: one line naming package and extra."
     def handler(args):
         raise ModuleNotFoundError(f"No module named '{module}'", name=module)
-    monkeypatch.setitem(cli.COMMANDS, "explain", handler)
+    monkeypatch.setitem(cli._COMMANDS, "explain", handler)
     status, _, err = _run(capsys, ["explain", "x.jpg", "--out", "o"])
     line = _one_error_line(err)
     assert status == 1 and line.startswith("gcvit-nb: error: `gcvit-nb explain` needs ")
@@ -573,7 +578,7 @@ def test_fuzz_arguments(files, monkeypatch, capsys):
     """Random command lines from a vocabulary of good and bad tokens: every one ends in an exit status (0, 1
     or 2) or argparse's SystemExit(0/2), never in an exception. The model is a stand-in, to keep it fast."""
     _use_fake_model(monkeypatch)
-    monkeypatch.setitem(cli.COMMANDS, "bench", lambda args: 0)    # no benchmark runs here
+    monkeypatch.setitem(cli._COMMANDS, "bench", lambda args: 0)    # no benchmark runs here
     vocab = ["predict", "convert", "info", "bench", "--top", "--model", "--weights", "0", "-3", "5", "1e9",
              "gcvit_xxtiny", "gcvit_tiny", "nonsense", "", "-", "--", "--help", str(files / "chelsea.jpg"),
              str(files / "notes.txt"), str(files / "bomb.png"), str(files / "empty"), str(files),
@@ -592,3 +597,45 @@ def test_fuzz_arguments(files, monkeypatch, capsys):
         assert status in (0, 1, 2), (argv, status)
         err = capsys.readouterr().err
         assert "Traceback" not in err, argv
+
+
+# -- Ctrl-C and run-directory warnings: one line each (issue 24) ----------------------------------------------
+
+@pytest.mark.one_backend
+def test_ctrl_c_in_any_command_is_one_line_and_status_130(monkeypatch, capsys):
+    def pressed_ctrl_c(args):
+        raise KeyboardInterrupt
+    monkeypatch.setitem(cli._COMMANDS, "info", pressed_ctrl_c)
+    status, _, err = _run(capsys, ["info"])
+    assert status == 130 and _one_error_line(err) == "gcvit-nb: interrupted (info)"
+
+
+@pytest.mark.one_backend
+def test_finetune_shows_a_run_warning_as_one_line(monkeypatch, capsys, tmp_path):
+    "A RunWarning (say, a deleted best.keras that cannot be rebuilt) is one `warning:` line; the run goes on."
+    import warnings
+    from gcvit_nb import finetune as ft
+    from gcvit_nb.runs import RunWarning
+
+    def warns_then_fails(*args, **kwargs):
+        warnings.warn("best.keras is missing and cannot be rebuilt", RunWarning)
+        raise ValueError("stopped here by the test")
+    monkeypatch.setattr(ft, "finetune", warns_then_fails)
+    status, _, err = _run(capsys, ["finetune", "--output", str(tmp_path / "run")])
+    assert status == 1
+    assert err.splitlines() == ["gcvit-nb finetune: warning: best.keras is missing and cannot be rebuilt",
+                                "gcvit-nb finetune: error: stopped here by the test"]
+
+
+@pytest.mark.one_backend
+def test_finetune_interrupted_before_training_prints_the_command_again(monkeypatch, capsys, tmp_path):
+    from gcvit_nb import finetune as ft
+
+    def pressed_ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ft, "finetune", pressed_ctrl_c)
+    argv = ["finetune", "--data", "my flowers", "--output", str(tmp_path / "run"), "--epochs", "3"]
+    status, _, err = _run(capsys, argv)
+    assert status == 130
+    assert _one_error_line(err) == ("gcvit-nb finetune: Interrupted before training began; to start again: "
+                                    f"gcvit-nb finetune --data 'my flowers' --output {tmp_path / 'run'} --epochs 3")
