@@ -4,6 +4,7 @@
 __all__ = ['VARIANTS', 'LayerScale', 'GCViTBlock', 'GCViTStage', 'stage_geometry', 'GCViT', 'variant_spec']
 
 # %% ../nbs/06_model.ipynb #a6a77217
+import os
 import warnings
 
 import numpy as np
@@ -11,13 +12,13 @@ import keras
 from keras import layers, ops
 
 from .layers import Linear, layer_norm, register
-from .unit_blocks import DropPath, Downsample, Mlp
+from .unit_blocks import DropPath, Downsample, Mlp, make_divisible
 from .stem import Stem, stem_output_size
 from .global_tokens import (GlobalTokenGenerator, global_token_levels,
                                     resize_tokens)
 from .attention import WindowAttention, window_partition, window_reverse
 
-# %% ../nbs/06_model.ipynb #0651d8d5
+# %% ../nbs/06_model.ipynb #bb646ec2
 @register
 class LayerScale(layers.Layer):
     "Per-channel learned gain `gamma` (initialised to `init_value`)."
@@ -35,6 +36,7 @@ class LayerScale(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim, "init_value": self.init_value}
 
+# %% ../nbs/06_model.ipynb #0651d8d5
 @register
 class GCViTBlock(layers.Layer):
     "Pre-norm transformer block; local (`use_global=False`) or global-query attention."
@@ -168,6 +170,26 @@ def _pair(v, what: str):
                          f"them, got {v!r}.")
     return int(pair[0]), int(pair[1])
 
+def _check_rate(v, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+            or not 0 <= v < 1:
+        raise ValueError(f"{what} must be a number in [0, 1), got {v!r}.")
+    return float(v)
+
+def _check_input_shape(input_shape):
+    if input_shape is None or np.ndim(input_shape) != 1 or len(input_shape) != 3 \
+            or not all(_is_int(d) for d in input_shape):
+        raise ValueError("input_shape must be (height, width, channels) with fixed "
+                         f"integer sizes, got {input_shape!r}.")
+    h, w, c = (int(d) for d in input_shape)
+    if h < 32 or w < 32:
+        raise ValueError("GCViT needs images of at least 32×32 pixels (it downsamples "
+                         f"32×); got {h}×{w}.")
+    if c < 1:
+        raise ValueError(f"input_shape needs at least one channel, got {c}.")
+    return h, w, c
+
+# %% ../nbs/06_model.ipynb #9d1ae233
 def stage_geometry(input_shape, window_ratio=(32, 32, 16, 32), window_size=None,
                    num_stages: int = 4):
     """Feature-map and window sizes of each stage for `input_shape=(H, W, C)`. Raises
@@ -196,33 +218,232 @@ def stage_geometry(input_shape, window_ratio=(32, 32, 16, 32), window_size=None,
     for i, ((fh, fw), (wh, ww)) in enumerate(zip(feats, windows)):
         if wh > fh or ww > fw:     # padding to such a window costs memory for nothing
             raise ValueError(
-                f"The stage-{i} window {wh}×{ww} is larger than that stage's {fh}×{fw} "
-                f"feature map (input {h}×{w}). Use windows no larger than the maps, or "
-                "window_size=None for the default (image size // window_ratio).")
+                f"The stage-{i + 1} window {wh}×{ww} (layer stages_{i}) is larger "
+                f"than that stage's {fh}×{fw} feature map (input {h}×{w}). Use windows "
+                "no larger than the maps, or window_size=None for the default (image "
+                "size // window_ratio).")
     return feats, windows
 
+# %% ../nbs/06_model.ipynb #fe0d7476
+def _check_config(c: dict, model_kwargs: dict) -> dict:
+    """The constructor's arguments `c`, checked and cleaned; `model_kwargs` are the ones
+    left for `keras.Model` (only `trainable` and `dtype` are accepted)."""
+    h, w, channels = _check_input_shape(c["input_shape"])
+    embed_dim = _positive_int(c["embed_dim"], "embed_dim")
+    depths, num_heads = c["depths"], c["num_heads"]
+    if np.ndim(depths) != 1 or np.ndim(num_heads) != 1 \
+            or len(depths) != len(num_heads):
+        raise ValueError(f"depths {depths!r} and num_heads {num_heads!r} must have "
+                         "one entry per stage.")
+    depths = tuple(_positive_int(d, "every entry of depths") for d in depths)
+    num_heads = tuple(_positive_int(n, "every entry of num_heads") for n in num_heads)
+    mlp_ratio = c["mlp_ratio"]
+    if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
+            or not mlp_ratio > 0:
+        raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}.")
+    for what in ("drop_path_rate", "drop_rate", "attn_drop_rate", "proj_drop_rate"):
+        _check_rate(c[what], what)
+    if c["pooling"] not in (None, "avg", "max"):
+        raise ValueError(f"pooling must be None, 'avg' or 'max', got {c['pooling']!r}.")
+    for what in ("include_top", "features_only", "qkv_bias"):
+        if not isinstance(c[what], (bool, np.bool_)):
+            raise ValueError(f"{what} must be True or False, got {c[what]!r}.")
+    scale = c["layer_scale"]
+    if scale is not None and (isinstance(scale, bool) or not isinstance(
+            scale, (int, float)) or not scale > 0):
+        raise ValueError("layer_scale must be None or a positive number, got "
+                         f"{scale!r}.")
+    unknown = sorted(set(model_kwargs) - {"trainable", "dtype"})
+    if unknown:
+        raise TypeError(f"Unknown GCViT argument(s): {', '.join(unknown)}.")
+    num_classes = c["num_classes"]
+    if c["include_top"] and not c["features_only"]:
+        num_classes = _positive_int(num_classes, "num_classes")
+    return {**c, "embed_dim": embed_dim, "depths": depths, "num_heads": num_heads,
+            "num_classes": num_classes, "input_shape": (h, w, channels)}
+
+# %% ../nbs/06_model.ipynb #0338c0db
+def _mbconv_params(c: int) -> int:
+    "Depthwise 3×3, SE fc1 and fc2, pointwise 1×1; none has a bias."
+    return 9 * c + 2 * c * make_divisible(c * 0.25) + c * c
+
+def _downsample_params(c: int, c_out: int) -> int:
+    "LayerNorm, MBConv, 3×3 stride-2 reduction without bias, LayerNorm."
+    return 2 * c + _mbconv_params(c) + 9 * c * c_out + 2 * c_out
+
+def _block_params(d: int, heads: int, window, mlp_ratio, use_global: bool,
+                  qkv_bias: bool, layer_scale) -> int:
+    "Two LayerNorms, attention (qkv, position table, proj), MLP, layer scale."
+    hidden = int(d * mlp_ratio)
+    qkv = (2 if use_global else 3) * d * (d + int(qkv_bias))
+    table = (2 * window[0] - 1) * (2 * window[1] - 1) * heads
+    mlp = d * hidden + hidden + hidden * d + d
+    scale = 2 * d if layer_scale is not None else 0
+    return 4 * d + qkv + table + d * d + d + mlp + scale
+
+def _parameter_count(c: dict, feats, windows) -> tuple:
+    "(all parameters, those of the head) of the GCViT that the checked `c` builds."
+    dims = [c["embed_dim"] * 2 ** i for i in range(len(c["depths"]))]
+    stem_conv = 9 * c["input_shape"][2] * dims[0] + dims[0]             # with bias
+    total = stem_conv + _downsample_params(dims[0], dims[0])
+    for i, (d, depth) in enumerate(zip(dims, c["depths"])):
+        total += _downsample_params(dims[i - 1], d) if i > 0 else 0
+        total += max(1, global_token_levels(feats[i], windows[i])) * _mbconv_params(d)
+        total += sum(_block_params(d, c["num_heads"][i], windows[i], c["mlp_ratio"],
+                                   j % 2 == 1, c["qkv_bias"], c["layer_scale"])
+                     for j in range(depth))
+    total += 2 * dims[-1]                                     # the last stage's norm
+    has_head = c["include_top"] and not c["features_only"]
+    head = (dims[-1] + 1) * c["num_classes"] if has_head else 0
+    return total + head, head
+
+# %% ../nbs/06_model.ipynb #4fc426b1
+_MEMORY_CAP = 64 * 10 ** 9     # bytes, when the system does not say how much is free
+
+def _available_memory() -> tuple:
+    "(bytes of memory available now, where that number comes from)."
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024, "MemAvailable in /proc/meminfo"
+    except OSError:
+        pass
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return pages, "os.sysconf"
+    except (AttributeError, ValueError, OSError):
+        return _MEMORY_CAP, "a fixed cap: this system does not report free memory"
+
+def _check_memory(n_params: int, head_params: int, c: dict, available: tuple) -> int:
+    "The bytes the float32 weights need; a ValueError when they exceed `available`."
+    need, (have, source) = 4 * n_params, available
+    if need <= have:
+        return need
+    if 2 * head_params > n_params:
+        features = c["embed_dim"] * 2 ** (len(c["depths"]) - 1)
+        cause = (f"The classifier head alone holds {features:,} features × "
+                 f"{c['num_classes']:,} classes: ask for fewer classes (num_classes).")
+    else:
+        cause = "Choose a smaller embed_dim, fewer blocks (depths) or smaller windows."
+    raise ValueError(f"This GCViT would have {n_params:,} parameters: "
+                     f"{need / 1e9:,.2f} GB of float32 weights, more than the "
+                     f"{have / 1e9:,.2f} GB of memory available ({source}). {cause}")
+
+# %% ../nbs/06_model.ipynb #0962e580
+def _backbone(images, c: dict, feats, windows) -> list:
+    "Stem and stages on the `images` input; the stage outputs, at strides 4 to 32."
+    depths = c["depths"]
+    dpr = np.linspace(0.0, c["drop_path_rate"], sum(depths)).tolist()
+    x = Stem(c["embed_dim"], name="stem")(images)
+    stage_outputs = []
+    for i, depth in enumerate(depths):
+        first = sum(depths[:i])
+        x = GCViTStage(c["embed_dim"] * 2 ** i, depth, c["num_heads"][i], windows[i],
+                       feats[i], downsample=i > 0, mlp_ratio=c["mlp_ratio"],
+                       qkv_bias=c["qkv_bias"], layer_scale=c["layer_scale"],
+                       drop_path=dpr[first:first + depth],
+                       attn_drop=c["attn_drop_rate"], proj_drop=c["proj_drop_rate"],
+                       stage_norm=i == len(depths) - 1, name=f"stages_{i}")(x)
+        stage_outputs.append(x)
+    return stage_outputs
+
+def _head(stage_outputs: list, c: dict):
+    "The model's outputs: all stage maps, logits, a pooled vector or the last map."
+    x = stage_outputs[-1]
+    if c["features_only"]:
+        return stage_outputs
+    if c["include_top"]:
+        x = layers.GlobalAveragePooling2D(name="head_global_pool")(x)
+        if c["drop_rate"] > 0:
+            x = layers.Dropout(c["drop_rate"], name="head_drop")(x)
+        return Linear(c["num_classes"], dtype="float32", name="head_fc")(x)
+    if c["pooling"] == "avg":
+        return layers.GlobalAveragePooling2D(name="head_global_pool")(x)
+    if c["pooling"] == "max":
+        return layers.GlobalMaxPooling2D(name="head_global_pool")(x)
+    return x
+
+# %% ../nbs/06_model.ipynb #1da2ed4b
+def _check_images(inputs, input_shape):
+    "A ValueError saying what was expected when `inputs` is not a batch of images."
+    shape = tuple(getattr(inputs, "shape", None) or np.shape(inputs))
+    eh, ew, ec = input_shape
+    if len(shape) != 4:
+        raise ValueError("GCViT expects a batch of images shaped (batch, height, "
+                         f"width, channels) = (B, {eh}, {ew}, {ec}); got an array "
+                         f"of rank {len(shape)}, shape {shape}.")
+    if shape[-1] is not None and shape[-1] != ec:
+        raise ValueError(f"GCViT expects {ec}-channel NHWC images; got {shape[-1]} "
+                         f"channels (shape {shape}). Channels go last; convert "
+                         "grayscale or RGBA images to RGB first.")
+    if None not in shape[1:3] and tuple(shape[1:3]) != (eh, ew):
+        raise ValueError(f"This GCViT was built for {eh}×{ew} images; got "
+                         f"{shape[1]}×{shape[2]}. Resize the images, or build a "
+                         "model for that size with gcvit_nb.resize_model(model, "
+                         "(height, width, 3)) (keeps the weights).")
+
+def _check_batch(x, method: str, input_shape):
+    """Check a concrete batch before Keras traces anything: under JAX an error
+    raised inside a trace leaves the model unusable."""
+    spec = getattr(x, "element_spec", None)     # a tf.data.Dataset: its batch spec
+    spec = spec[0] if isinstance(spec, tuple) else spec
+    if getattr(getattr(spec, "shape", None), "rank", None) is not None:
+        _check_images(spec, input_shape)
+    if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+        return                    # datasets and generators: checked per batch
+    _check_images(x, input_shape)
+    if x.shape[0] == 0:
+        raise ValueError(f"{method} got zero images (shape {tuple(x.shape)}).")
+    try:
+        dtype = keras.backend.standardize_dtype(x.dtype)
+    except ValueError:
+        return
+    if isinstance(x, np.ndarray) and x.dtype.kind == "f" \
+            and not np.isfinite(x).all():
+        warnings.warn(f"{method} got images with NaN or Inf values: the outputs "
+                      "will be NaN.", UserWarning, stacklevel=3)
+    pixels = isinstance(x, np.ndarray) and x.min() >= 0 and x.max() > 2
+    if "int" in dtype or pixels:
+        warnings.warn(f"{method} got {dtype} images with values up to "
+                      f"{float(np.max(x)):g}: GCViT expects images normalised with "
+                      "the ImageNet mean and std (gcvit_nb.preprocess_image does "
+                      "that); raw 0-255 pixels give meaningless outputs.",
+                      UserWarning, stacklevel=3)
+
+# %% ../nbs/06_model.ipynb #2ae8d6a6
+class _BatchChecks:
+    "Checks every batch (`_check_batch`) before the `keras.Model` method runs."
+    def predict(self, x, *args, **kwargs):
+        _check_batch(x, "predict", self.gcvit_config["input_shape"])
+        return super().predict(x, *args, **kwargs)
+
+    def predict_on_batch(self, x):
+        _check_batch(x, "predict_on_batch", self.gcvit_config["input_shape"])
+        return super().predict_on_batch(x)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        _check_batch(x, "evaluate", self.gcvit_config["input_shape"])
+        return super().evaluate(x, *args, **kwargs)
+
+    def fit(self, x=None, *args, **kwargs):
+        _check_batch(x, "fit", self.gcvit_config["input_shape"])
+        return super().fit(x, *args, **kwargs)
+
+    def __call__(self, inputs, *args, **kwargs):
+        expected = self.gcvit_config["input_shape"]
+        _check_images(inputs, expected)  # before Keras' input-spec check: clearer
+        if isinstance(inputs, np.ndarray):
+            _check_batch(inputs, "calling the model", expected)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None):
+        _check_images(inputs, self.gcvit_config["input_shape"])   # also past __call__
+        return super().call(inputs, training=training, mask=mask)
+
 # %% ../nbs/06_model.ipynb #06a1894f
-def _check_input_shape(input_shape):
-    if input_shape is None or np.ndim(input_shape) != 1 or len(input_shape) != 3 \
-            or not all(_is_int(d) for d in input_shape):
-        raise ValueError("input_shape must be (height, width, channels) with fixed "
-                         f"integer sizes, got {input_shape!r}.")
-    h, w, c = (int(d) for d in input_shape)
-    if h < 32 or w < 32:
-        raise ValueError("GCViT needs images of at least 32×32 pixels (it downsamples "
-                         f"32×); got {h}×{w}.")
-    if c < 1:
-        raise ValueError(f"input_shape needs at least one channel, got {c}.")
-    return h, w, c
-
-def _check_rate(v, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
-            or not 0 <= v < 1:
-        raise ValueError(f"{what} must be a number in [0, 1), got {v!r}.")
-    return float(v)
-
 @register
-class GCViT(keras.Model):
+class GCViT(_BatchChecks, keras.Model):
     "GCViT as a functional Keras model: NHWC normalised images -> logits."
     def __init__(self, embed_dim: int = 64, depths=(2, 2, 6, 2),
                  num_heads=(2, 4, 8, 16), mlp_ratio: float = 3.0, layer_scale=None,
@@ -232,76 +453,22 @@ class GCViT(keras.Model):
                  features_only: bool = False, pooling=None, qkv_bias: bool = True,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  proj_drop_rate: float = 0.0, name: str = "gcvit", **kwargs):
-        h, w, c = _check_input_shape(input_shape)
-        embed_dim = _positive_int(embed_dim, "embed_dim")
-        if np.ndim(depths) != 1 or np.ndim(num_heads) != 1 \
-                or len(depths) != len(num_heads):
-            raise ValueError(f"depths {depths!r} and num_heads {num_heads!r} must have "
-                             "one entry per stage.")
-        depths = tuple(_positive_int(d, "every entry of depths") for d in depths)
-        num_heads = tuple(_positive_int(n, "every entry of num_heads")
-                          for n in num_heads)
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) \
-                or not mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be a positive number, got {mlp_ratio!r}.")
-        for rate, what in [(drop_path_rate, "drop_path_rate"), (drop_rate, "drop_rate"),
-                           (attn_drop_rate, "attn_drop_rate"),
-                           (proj_drop_rate, "proj_drop_rate")]:
-            _check_rate(rate, what)
-        if pooling not in (None, "avg", "max"):
-            raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}.")
-        flags = {"include_top": include_top, "features_only": features_only,
-                 "qkv_bias": qkv_bias}
-        for what, flag in flags.items():
-            if not isinstance(flag, (bool, np.bool_)):
-                raise ValueError(f"{what} must be True or False, got {flag!r}.")
-        if layer_scale is not None and (isinstance(layer_scale, bool) or not isinstance(
-                layer_scale, (int, float)) or not layer_scale > 0):
-            raise ValueError("layer_scale must be None or a positive number, got "
-                             f"{layer_scale!r}.")
-        unknown = sorted(set(kwargs) - {"trainable", "dtype"})
-        if unknown:
-            raise TypeError(f"Unknown GCViT argument(s): {', '.join(unknown)}.")
-        if include_top and not features_only:
-            num_classes = _positive_int(num_classes, "num_classes")
-        feats, windows = stage_geometry((h, w, c), window_ratio, window_size,
-                                        len(depths))
-        dpr = np.linspace(0.0, drop_path_rate, sum(depths)).tolist()
-        dims = [embed_dim * 2 ** i for i in range(len(depths))]
-
-        inputs = keras.Input(shape=(h, w, c), name="images")
-        x = Stem(embed_dim, name="stem")(inputs)
-        stage_outputs = []
-        for i, depth in enumerate(depths):
-            x = GCViTStage(dims[i], depth, num_heads[i], windows[i], feats[i],
-                           downsample=i > 0, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias,
-                           layer_scale=layer_scale,
-                           drop_path=dpr[sum(depths[:i]):sum(depths[:i + 1])],
-                           attn_drop=attn_drop_rate, proj_drop=proj_drop_rate,
-                           stage_norm=i == len(depths) - 1, name=f"stages_{i}")(x)
-            stage_outputs.append(x)
-        if features_only:
-            outputs = stage_outputs
-        elif include_top:
-            x = layers.GlobalAveragePooling2D(name="head_global_pool")(x)
-            if drop_rate > 0:
-                x = layers.Dropout(drop_rate, name="head_drop")(x)
-            outputs = Linear(num_classes, dtype="float32", name="head_fc")(x)
-        elif pooling == "avg":
-            outputs = layers.GlobalAveragePooling2D(name="head_global_pool")(x)
-        elif pooling == "max":
-            outputs = layers.GlobalMaxPooling2D(name="head_global_pool")(x)
-        else:
-            outputs = x
-        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
-        self.gcvit_config = dict(
+        c = _check_config(dict(
             embed_dim=embed_dim, depths=depths, num_heads=num_heads,
             mlp_ratio=mlp_ratio, layer_scale=layer_scale, drop_path_rate=drop_path_rate,
             window_ratio=window_ratio, window_size=window_size, num_classes=num_classes,
-            input_shape=(h, w, c),
-            include_top=include_top, features_only=features_only, pooling=pooling,
-            qkv_bias=qkv_bias, drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
-            proj_drop_rate=proj_drop_rate)
+            input_shape=input_shape, include_top=include_top,
+            features_only=features_only, pooling=pooling, qkv_bias=qkv_bias,
+            drop_rate=drop_rate, attn_drop_rate=attn_drop_rate,
+            proj_drop_rate=proj_drop_rate), kwargs)
+        feats, windows = stage_geometry(c["input_shape"], window_ratio, window_size,
+                                        len(c["depths"]))
+        n_params, head_params = _parameter_count(c, feats, windows)
+        _check_memory(n_params, head_params, c, _available_memory())
+        inputs = keras.Input(shape=c["input_shape"], name="images")
+        outputs = _head(_backbone(inputs, c, feats, windows), c)
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.gcvit_config = c
         self.feature_sizes, self.window_sizes = feats, windows
 
     @classmethod
@@ -315,78 +482,6 @@ class GCViT(keras.Model):
         if config.get("input_shape") is None:
             config["input_shape"] = (size, size, 3)
         return cls(**config)
-
-    def _check_images(self, inputs):
-        "A ValueError saying what was expected when `inputs` is not a batch of images."
-        shape = tuple(getattr(inputs, "shape", None) or np.shape(inputs))
-        eh, ew, ec = self.gcvit_config["input_shape"]
-        if len(shape) != 4:
-            raise ValueError("GCViT expects a batch of images shaped (batch, height, "
-                             f"width, channels) = (B, {eh}, {ew}, {ec}); got an array "
-                             f"of rank {len(shape)}, shape {shape}.")
-        if shape[-1] is not None and shape[-1] != ec:
-            raise ValueError(f"GCViT expects {ec}-channel NHWC images; got {shape[-1]} "
-                             f"channels (shape {shape}). Channels go last; convert "
-                             "grayscale or RGBA images to RGB first.")
-        if None not in shape[1:3] and tuple(shape[1:3]) != (eh, ew):
-            raise ValueError(f"This GCViT was built for {eh}×{ew} images; got "
-                             f"{shape[1]}×{shape[2]}. Resize the images, or build a "
-                             "model for that size with gcvit_nb.resize_model(model, "
-                             "(height, width, 3)) (keeps the weights).")
-
-    def _check_batch(self, x, method: str):
-        """Check a concrete batch before Keras traces anything: under JAX an error
-        raised inside a trace leaves the model unusable."""
-        spec = getattr(x, "element_spec", None)     # a tf.data.Dataset: its batch spec
-        spec = spec[0] if isinstance(spec, tuple) else spec
-        if getattr(getattr(spec, "shape", None), "rank", None) is not None:
-            self._check_images(spec)
-        if not (hasattr(x, "shape") and hasattr(x, "dtype")):
-            return                    # datasets and generators: checked per batch
-        self._check_images(x)
-        if x.shape[0] == 0:
-            raise ValueError(f"{method} got zero images (shape {tuple(x.shape)}).")
-        try:
-            dtype = keras.backend.standardize_dtype(x.dtype)
-        except ValueError:
-            return
-        if isinstance(x, np.ndarray) and x.dtype.kind == "f" \
-                and not np.isfinite(x).all():
-            warnings.warn(f"{method} got images with NaN or Inf values: the outputs "
-                          "will be NaN.", UserWarning, stacklevel=3)
-        pixels = isinstance(x, np.ndarray) and x.min() >= 0 and x.max() > 2
-        if "int" in dtype or pixels:
-            warnings.warn(f"{method} got {dtype} images with values up to "
-                          f"{float(np.max(x)):g}: GCViT expects images normalised with "
-                          "the ImageNet mean and std (gcvit_nb.preprocess_image does "
-                          "that); raw 0-255 pixels give meaningless outputs.",
-                          UserWarning, stacklevel=3)
-
-    def predict(self, x, *args, **kwargs):
-        self._check_batch(x, "predict")
-        return super().predict(x, *args, **kwargs)
-
-    def predict_on_batch(self, x):
-        self._check_batch(x, "predict_on_batch")
-        return super().predict_on_batch(x)
-
-    def evaluate(self, x=None, *args, **kwargs):
-        self._check_batch(x, "evaluate")
-        return super().evaluate(x, *args, **kwargs)
-
-    def fit(self, x=None, *args, **kwargs):
-        self._check_batch(x, "fit")
-        return super().fit(x, *args, **kwargs)
-
-    def __call__(self, inputs, *args, **kwargs):
-        self._check_images(inputs)       # before Keras' input-spec check: clearer
-        if isinstance(inputs, np.ndarray):
-            self._check_batch(inputs, "calling the model")
-        return super().__call__(inputs, *args, **kwargs)
-
-    def call(self, inputs, training=None, mask=None):
-        self._check_images(inputs)       # also on paths that bypass __call__
-        return super().call(inputs, training=training, mask=mask)
 
     def get_config(self):
         return {"name": self.name, **self.gcvit_config}

@@ -2,6 +2,7 @@
 import gc
 import json
 import math
+import re
 import time
 import warnings
 
@@ -10,6 +11,7 @@ import pytest
 import keras
 
 import gcvit_nb
+from gcvit_nb.model import _MEMORY_CAP, _available_memory, _parameter_count
 from conftest import FIXTURES, PARITY_FILES, TINY, images, run, state_shapes, tiny_model, to_numpy
 
 BACKEND = keras.backend.backend()
@@ -111,6 +113,8 @@ def test_parameter_count_matches_timm(variant):
     model = build_uninitialised(lambda: gcvit_nb.GCViT.from_variant(variant))
     try:
         assert model.count_params() == TIMM_COUNTS[variant]
+        estimate = _parameter_count(model.gcvit_config, model.feature_sizes, model.window_sizes)
+        assert estimate == (TIMM_COUNTS[variant], 1000 * (model.gcvit_config["embed_dim"] * 8 + 1))
         assert model.input_shape == (None, 224, 224, 3) and model.output_shape == (None, 1000)
         assert model.get_config()["depths"] == tuple(gcvit_nb.VARIANTS[variant]["depths"])
     finally:
@@ -376,6 +380,66 @@ def test_numpy_integers_are_fine():
     model = gcvit_nb.GCViT(**{**TINY, "num_classes": np.int64(3)}, input_shape=(np.int64(64), 64, 3),
                            window_size=np.int32(2))
     assert model.output_shape == (None, 3) and model.window_sizes == [(2, 2)] * 4
+
+
+# ---------------------------------------------------------------- weights' memory, checked before any exists (issue 24 #5)
+
+@pytest.mark.parametrize("overrides", [dict(), dict(features_only=True), dict(include_top=False, pooling="avg"),
+                                       dict(layer_scale=1e-5, qkv_bias=False), dict(input_shape=(97, 131, 1)),
+                                       dict(window_size=(2, 3), mlp_ratio=2.5, num_classes=3)])
+def test_parameter_estimate_equals_the_built_model(overrides):
+    model = build_uninitialised(lambda: gcvit_nb.GCViT(**{**TINY, "input_shape": (64, 96, 3), **overrides}))
+    n_params, head = _parameter_count(model.gcvit_config, model.feature_sizes, model.window_sizes)
+    assert n_params == model.count_params()
+    has_head = "head_fc" in [layer.name for layer in model.layers]
+    assert head == (model.get_layer("head_fc").count_params() if has_head else 0)
+
+
+def test_huge_head_is_refused_at_once_naming_the_estimate():
+    "num_classes=10**12 would need ~0.5 PB of weights: refused in well under a second, on any machine."
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as err:
+        gcvit_nb.GCViT(**{**TINY, "num_classes": 10 ** 12}, input_shape=(64, 64, 3))
+    assert time.perf_counter() - t0 < 5
+    msg = str(err.value)
+    head_bytes = 4 * (TINY["embed_dim"] * 8 + 1) * 10 ** 12
+    gb = float(re.search(r"([\d,]+\.\d+) GB of float32 weights", msg).group(1).replace(",", ""))
+    assert head_bytes / 1e9 <= gb <= 1.001 * head_bytes / 1e9
+    assert "GB of memory available" in msg and "num_classes" in msg
+
+
+def test_memory_check_compares_with_the_available_memory(monkeypatch):
+    "gcvit_xxtiny with 10**7 classes needs ~20.5 GB: refused where 16 GB are free, naming both numbers."
+    monkeypatch.setattr(gcvit_nb.model, "_available_memory", lambda: (16 * 10 ** 9, "a test machine"))
+    with pytest.raises(ValueError) as err:
+        gcvit_nb.GCViT.from_variant("gcvit_xxtiny", num_classes=10 ** 7)
+    need = 4 * (TIMM_COUNTS["gcvit_xxtiny"] + 513 * (10 ** 7 - 1000))    # 512 features + bias per class
+    msg = str(err.value)
+    assert f"{need / 1e9:,.2f} GB" in msg and "16.00 GB" in msg and "a test machine" in msg
+    assert f"{10 ** 7:,} classes" in msg
+
+
+def test_memory_check_boundary(monkeypatch):
+    "A model whose weights fit exactly is built; one byte less and it is refused."
+    n = build_uninitialised(lambda: gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3))).count_params()
+    monkeypatch.setattr(gcvit_nb.model, "_available_memory", lambda: (4 * n, "exactly enough"))
+    assert build_uninitialised(lambda: gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3))).count_params() == n
+    monkeypatch.setattr(gcvit_nb.model, "_available_memory", lambda: (4 * n - 1, "one byte short"))
+    with pytest.raises(ValueError, match="one byte short") as err:
+        gcvit_nb.GCViT(**TINY, input_shape=(64, 64, 3))
+    assert f"{n:,} parameters" in str(err.value) and "embed_dim" in str(err.value)
+
+
+def test_available_memory_reads_the_system_or_falls_back(monkeypatch):
+    have, source = _available_memory()
+    assert have > 0 and source
+    def unreadable(*args, **kwargs):
+        raise OSError("no /proc here")
+    def unknown(name):
+        raise ValueError(f"unrecognized configuration name {name}")
+    monkeypatch.setattr(gcvit_nb.model, "open", unreadable, raising=False)
+    monkeypatch.setattr(gcvit_nb.model.os, "sysconf", unknown)
+    assert _available_memory() == (_MEMORY_CAP, "a fixed cap: this system does not report free memory")
 
 
 # ---------------------------------------------------------------- checked before Keras sees a batch (#8, #10, #11)
