@@ -3,8 +3,7 @@
 # %% auto #0
 __all__ = ['read_checkpoint', 'official_to_timm', 'timm_to_official', 'detect_layout', 'timm_state_dict', 'to_timm_layout',
            'describe_checkpoint', 'guess_variant', 'checkpoint_classes', 'load_timm_weights', 'load_pretrained',
-           'HeadMismatch', 'model_classes', 'check_head', 'load_for_inference', 'interpolate_position_table',
-           'resize_model']
+           'HeadMismatch', 'model_classes', 'check_head', 'load_for_inference', 'resize_model']
 
 # %% ../nbs/07_checkpoints.ipynb #b7c0a005
 import math
@@ -379,7 +378,7 @@ def _fitted(model, state, source_windows=None) -> dict:
             old = (source_windows[stage] if source_windows is not None
                    else _square_window(arr.shape[0]))
             if old is not None:
-                arr = interpolate_position_table(arr, old, model.window_sizes[stage])
+                arr = _interpolate_position_table(arr, old, model.window_sizes[stage])
         if arr.shape != tuple(var.shape):
             mismatched.append(f"{key}: checkpoint {tuple(np.shape(state[key]))} "
                               f"vs model {tuple(var.shape)}")
@@ -496,7 +495,7 @@ def load_for_inference(model, source, *, source_windows=None):
     return _assign(model, fitted)
 
 # %% ../nbs/07_checkpoints.ipynb #b7c0a017
-def interpolate_position_table(table, old_window, new_window):
+def _interpolate_position_table(table, old_window, new_window):
     "Bicubic-resize a ((2h-1)(2w-1), heads) position table to another window size."
     (oh, ow), (nh, nw) = old_window, new_window
     grid = np.asarray(table, "float32").reshape(2 * oh - 1, 2 * ow - 1, -1)

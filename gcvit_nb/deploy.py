@@ -2,9 +2,8 @@
 
 # %% auto #0
 __all__ = ['FORMATS', 'RUNTIMES', 'EXPORTERS', 'ExportUnsupported', 'ExportVerificationError', 'normalise_format',
-           'check_supported', 'check_installed', 'replace_erfc', 'load_artifact', 'verify_artifact',
-           'check_destination', 'artifact_size', 'ExportResult', 'keras_logits', 'write_artifact', 'export_model',
-           'sample_images', 'estimate_memory', 'check_image_size', 'load_for_export', 'convert_checkpoint']
+           'check_supported', 'check_installed', 'load_artifact', 'verify_artifact', 'check_destination',
+           'ExportResult', 'keras_logits', 'export_model', 'sample_images', 'load_for_export', 'convert_checkpoint']
 
 # %% ../nbs/14_deploy.ipynb #2a96a073
 import importlib.util
@@ -70,7 +69,8 @@ def normalise_format(fmt: str) -> str:
 
 def check_supported(fmt: str, backend: str | None = None) -> str:
     "Refuse, naming a backend that can, when `backend` cannot export `fmt`."
-    fmt, backend = normalise_format(fmt), backend or keras.backend.backend()
+    fmt = normalise_format(fmt)
+    backend = backend or keras.backend.backend()
     if backend in EXPORTERS[fmt]:
         return fmt
     why = _GAPS.get((fmt, backend), "it is not supported")
@@ -104,12 +104,14 @@ def check_installed(fmt: str, write: bool = True, photos: bool = False) -> str:
     return fmt
 
 # %% ../nbs/14_deploy.ipynb #fa294c83
-def replace_erfc(onnx_path) -> int:
+def _replace_erfc(onnx_path) -> int:
     "Rewrite every ONNX `Erfc(z)` node as `1 - Erf(z)` in place; returns how many."
     import onnx
     from onnx import helper, numpy_helper
     model = onnx.load(str(onnx_path))
-    graph, nodes, count = model.graph, [], 0
+    graph = model.graph
+    nodes = []
+    count = 0
     one = "gcvit_nb_one_f32"
     for node in graph.node:
         if node.op_type != "Erfc" or node.domain not in ("", "ai.onnx"):
@@ -141,7 +143,8 @@ def _litert_interpreter(path, threads):
 
 def load_artifact(path, fmt: str, threads: int | None = None):
     "Load an exported artifact in its own runtime -> `run(images) -> logits` (NumPy)."
-    fmt, path = check_installed(fmt, write=False), Path(path)
+    fmt = check_installed(fmt, write=False)
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"No {fmt} artifact at {path}.")
     if fmt == "saved_model":
@@ -159,7 +162,8 @@ def load_artifact(path, fmt: str, threads: int | None = None):
         return lambda x: sess.run(None, {name: np.ascontiguousarray(x, "float32")})[0]
     if fmt == "litert":
         interp = _litert_interpreter(path, threads)
-        inp, out = interp.get_input_details()[0], interp.get_output_details()[0]
+        inp = interp.get_input_details()[0]
+        out = interp.get_output_details()[0]
         shape = [None]
 
         def run(x):
@@ -186,7 +190,8 @@ def verify_artifact(path, fmt: str, images, expected, *, atol: float = 1e-4,
     `expected` (the Keras logits). Returns max |diff|; above `atol` it raises
     ExportVerificationError."""
     run = load_artifact(path, fmt, threads)
-    images, expected = np.asarray(images, "float32"), np.asarray(expected, "float32")
+    images = np.asarray(images, "float32")
+    expected = np.asarray(expected, "float32")
     diff = 0.0
     for x, want in ((images, expected), (images[:1], expected[:1])):
         got = np.asarray(run(x))
@@ -211,7 +216,8 @@ def check_destination(path, fmt: str, overwrite: bool = False) -> Path:
     """Refuse a destination `export_model` must not write: an existing file or pair
     (unless `overwrite`), a folder where a file goes, or a non-empty folder that is not
     a SavedModel (even with `overwrite`)."""
-    fmt, path = normalise_format(fmt), Path(path)
+    fmt = normalise_format(fmt)
+    path = Path(path)
     if fmt == "openvino" and path.suffix != ".xml":
         raise ValueError("An OpenVINO model is a .xml + .bin pair: give --out a .xml "
                          f"path (got {path.name}).")
@@ -255,7 +261,7 @@ def _publish(tmp: Path, path: Path, fmt: str, scratch: Path):
         raise
 
 
-def artifact_size(path, fmt: str) -> int:
+def _artifact_size(path, fmt: str) -> int:
     "Size in bytes (all files of a SavedModel; .xml + .bin for OpenVINO)."
     path = Path(path)
     if path.is_dir():
@@ -277,7 +283,8 @@ class ExportResult:
 
     def summary(self) -> str:
         "One line: what was written, from which backend, and how it was verified."
-        (h, w), n = self.image_size, self.n_images
+        h, w = self.image_size
+        n = self.n_images
         mb = self.size_bytes / 1e6
         return (f"wrote {self.path} ({self.format}, {mb:.1f} MB) from "
                 f"the {self.backend} backend in {self.seconds:.1f} s; verified in "
@@ -305,15 +312,16 @@ def keras_logits(model, images) -> np.ndarray:
     return np.asarray(keras.ops.convert_to_numpy(out), "float32")
 
 
-def write_artifact(model, path, fmt: str):
+def _write_artifact(model, path, fmt: str):
     "Trace `model` with a dynamic batch and write `fmt` to `path` (no checks)."
-    fmt, path = check_supported(fmt), Path(path)
+    fmt = check_supported(fmt)
+    path = Path(path)
     spec = keras.InputSpec(shape=(None, *model.inputs[0].shape[1:]), dtype="float32")
     with export_mode():   # plain keras.ops while tracing (Appendix A2)
         model.export(str(path), format=_KERAS_NAME[fmt], verbose=False,
                      input_signature=[spec])
     if fmt == "onnx":
-        replace_erfc(path)
+        _replace_erfc(path)
 
 # %% ../nbs/14_deploy.ipynb #b0f9eec4
 def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
@@ -326,7 +334,9 @@ def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
             or not np.isfinite(atol):
         raise ValueError(f"atol must be a finite number, got {atol!r}: a NaN or "
                          "infinite tolerance would pass any artifact.")
-    fmt, path, backend = check_supported(fmt), Path(path), keras.backend.backend()
+    fmt = check_supported(fmt)
+    path = Path(path)
+    backend = keras.backend.backend()
     check_installed(fmt, photos=images is None)     # before any slow work
     check_destination(path, fmt, overwrite)
     model = _float32_model(model)
@@ -345,7 +355,7 @@ def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
     try:
         tmp = scratch / path.name
         start = time.perf_counter()
-        write_artifact(model, tmp, fmt)
+        _write_artifact(model, tmp, fmt)
         seconds = time.perf_counter() - start
         try:
             diff = verify_artifact(tmp, fmt, images, expected, atol=atol,
@@ -357,7 +367,7 @@ def export_model(model, path, fmt: str, *, images=None, atol: float = 1e-4,
                 f"{type(e).__name__}: {first}.")
             msg = f"{msg} Nothing was written to {path}."
             raise ExportVerificationError(msg) from e
-        nbytes = artifact_size(tmp, fmt)
+        nbytes = _artifact_size(tmp, fmt)
         _publish(tmp, path, fmt, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -387,18 +397,22 @@ def _available_memory():
         return None
 
 
-def estimate_memory(config: dict, image_size: int, batch: int = 3) -> int:
+def _estimate_memory(config: dict, image_size: int, batch: int = 3) -> int:
     """Rough bytes a forward pass of a GCViT with `config` (its arguments, as in
     VARIANTS) needs for `batch` images of `image_size`²: the input, the largest stage's
     activations and attention scores, and the position tables, in float32."""
     from gcvit_nb.model import stage_geometry
-    side, depths, heads = int(image_size), config["depths"], config["num_heads"]
+    side = int(image_size)
+    depths = config["depths"]
+    heads = config["num_heads"]
     feats, windows = stage_geometry(
         (side, side, 3), config.get("window_ratio", (32, 32, 16, 32)),
         config.get("window_size"), len(depths))
-    stage, tables = 0, 0
+    stage = 0
+    tables = 0
     for i, ((fh, fw), (wh, ww)) in enumerate(zip(feats, windows)):
-        tokens, count = wh * ww, -(-fh // wh) * -(-fw // ww)
+        tokens = wh * ww
+        count = -(-fh // wh) * -(-fw // ww)                      # windows, map padded
         maps = count * tokens * config["embed_dim"] * 2 ** i     # padded feature map
         scores = count * heads[i] * tokens ** 2                  # one block's attention
         stage = max(stage, scores + maps * (4 + config["mlp_ratio"]))
@@ -414,9 +428,10 @@ def _gib(n: float) -> str:
     return f"{g:,.0f} GiB" if g >= 10 else f"{g:.1f} GiB"
 
 
-def check_image_size(config: dict, image_size: int, batch: int = 3):
+def _check_image_size(config: dict, image_size: int, batch: int = 3):
     "Refuse (ValueError), before anything is allocated, a size that cannot fit."
-    need, have = estimate_memory(config, image_size, batch), _available_memory()
+    need = _estimate_memory(config, image_size, batch)
+    have = _available_memory()
     if have is not None and need > have:
         raise ValueError(
             f"A {image_size}x{image_size} input needs about {_gib(need)} of memory for "
@@ -486,7 +501,7 @@ def load_for_export(name=None, weights=None, image_size=None, random_weights=Fal
     is a checkpoint without a head; no head is ever left random."""
     from gcvit_nb.checkpoints import (check_head, checkpoint_classes, model_classes,
                                       read_checkpoint, resize_model)
-    from gcvit_nb.model import VARIANTS
+    from gcvit_nb.model import variant_spec
     from gcvit_nb.pretrained import create_model, download_checkpoint  # + registers
     side = None if image_size is None else int(image_size)
     weights = None if weights is None else _model_file(Path(weights))
@@ -496,16 +511,14 @@ def load_for_export(name=None, weights=None, image_size=None, random_weights=Fal
             check_head(model_classes(model), num_classes, weights.name)
         if side is None or tuple(model.inputs[0].shape[1:3]) == (side, side):
             return model
-        check_image_size(model.gcvit_config, side)
+        _check_image_size(model.gcvit_config, side)
         return resize_model(model, (side, side, 3))
     if name is None:
         raise ValueError("Name the variant with --model (e.g. gcvit_xxtiny), or give a "
                          ".keras model or run directory with --weights.")
-    if name not in VARIANTS:
-        raise ValueError(f"Unknown GCViT variant {name!r}. "
-                         f"Valid names: {', '.join(VARIANTS)}.")
+    config = variant_spec(name)       # an unknown name: ValueError naming the valid ones
     if side is not None:
-        check_image_size(VARIANTS[name], side)
+        _check_image_size(config, side)
     shape = None if side is None else (side, side, 3)
     if random_weights:
         return create_model(name, input_shape=shape, num_classes=num_classes or 1000)

@@ -80,7 +80,7 @@ def test_export_is_verified_in_its_runtime(fmt, small_model, photos64, exported)
     folder, path, result = exported(fmt)
     assert result.max_abs_diff <= 1e-4
     assert np.abs(deploy.keras_logits(small_model, photos64)).max() > 0.1  # not trivial
-    assert result.size_bytes == deploy.artifact_size(path, fmt) > 10_000
+    assert result.size_bytes == deploy._artifact_size(path, fmt) > 10_000
     assert result.image_size == (64, 64) and result.backend == BACKEND
     assert leftovers(folder) == []
     # dynamic batch: a batch size never seen during export runs and matches Keras
@@ -168,7 +168,7 @@ def test_crashed_export_keeps_the_existing_output(fmt, small_model, photos64, tm
         path.write_bytes(b"half an artifact")
         raise RuntimeError("converter crashed")
     monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)
-    monkeypatch.setattr(deploy, "write_artifact", crash)
+    monkeypatch.setattr(deploy, "_write_artifact", crash)
     path = out_path(tmp_path, fmt)
     keep = _previous_output(path, fmt)
     with pytest.raises(RuntimeError, match="converter crashed"):
@@ -191,7 +191,7 @@ def test_artifact_its_runtime_cannot_run_is_refused(fmt, small_model, photos64, 
         path.write_bytes(b"not a model")
         path.with_suffix(".bin").write_bytes(b"")
     monkeypatch.setattr(deploy, "check_supported", deploy.normalise_format)
-    monkeypatch.setattr(deploy, "write_artifact", garbage)
+    monkeypatch.setattr(deploy, "_write_artifact", garbage)
     path = out_path(tmp_path, fmt)
     keep = _previous_output(path, fmt)
     with pytest.raises(deploy.ExportVerificationError, match="could not run.*Nothing was written"):
@@ -279,15 +279,32 @@ def test_load_for_export_keeps_the_checkpoints_head(tmp_path):
         deploy.load_for_export(weights=tmp_path / "seven.keras", num_classes=1000)
 
 
+def test_unknown_variant_is_refused_by_the_one_variant_check(monkeypatch):
+    "load_for_export asks gcvit_nb.model.variant_spec, before any memory estimate or download."
+    import gcvit_nb.model as model_module
+    real = model_module.variant_spec
+    asked = []
+
+    def spec(name):
+        asked.append(name)
+        return real(name)
+    monkeypatch.setattr(model_module, "variant_spec", spec)
+    monkeypatch.setattr(deploy, "_available_memory", lambda: 0)       # no size check reached
+    with pytest.raises(ValueError) as got:
+        deploy.load_for_export("gcvit_huge", image_size=224, random_weights=True)
+    assert asked == ["gcvit_huge"]
+    assert "Unknown GCViT variant 'gcvit_huge'" in str(got.value) and "gcvit_xxtiny" in str(got.value)
+
+
 def test_memory_estimate_refuses_a_size_that_cannot_fit(tmp_path, monkeypatch):
     "Issue 24: the size is checked against the memory available before any model is built or resized."
     from gcvit_nb.model import VARIANTS
     xxtiny = VARIANTS["gcvit_xxtiny"]
-    small = deploy.estimate_memory(xxtiny, 224)
+    small = deploy._estimate_memory(xxtiny, 224)
     assert 2 ** 20 < small < 2 ** 30
-    assert deploy.estimate_memory(xxtiny, 448) > 5 * small              # attention: faster than the pixels
+    assert deploy._estimate_memory(xxtiny, 448) > 5 * small              # attention: faster than the pixels
     with pytest.raises(ValueError, match=r"A 100000x100000 input needs about [\d,]+ GiB of memory for 3 images"):
-        deploy.check_image_size(xxtiny, 100000)
+        deploy._check_image_size(xxtiny, 100000)
     monkeypatch.setattr(deploy, "_available_memory", lambda: small // 2)
     with pytest.raises(ValueError, match=r"A 224x224 input needs about \d+ MiB .* and \d+ MiB is available"):
         deploy.load_for_export("gcvit_xxtiny", image_size=224, random_weights=True)
@@ -311,8 +328,8 @@ def test_erfc_nodes_are_rewritten_as_one_minus_erf(tmp_path):
     onnx.save(model, str(path))
     with pytest.raises(Exception, match="Erfc"):
         ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    assert deploy.replace_erfc(path) == 1
-    assert deploy.replace_erfc(path) == 0
+    assert deploy._replace_erfc(path) == 1
+    assert deploy._replace_erfc(path) == 0
     x = np.linspace(-4, 4, 81).astype("float32")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     y = sess.run(None, {"x": x})[0]
@@ -393,7 +410,7 @@ def test_missing_exporter_is_named_before_any_work(small_model, monkeypatch, tmp
     def slow(*a, **k):
         raise AssertionError("slow work before the check")
     monkeypatch.setattr(deploy, "keras_logits", slow)
-    monkeypatch.setattr(deploy, "write_artifact", slow)
+    monkeypatch.setattr(deploy, "_write_artifact", slow)
     with pytest.raises(gcvit_nb.MissingExtra, match=r'gcvit-nb\[export\]'):
         deploy.export_model(small_model, out_path(tmp_path, fmt), fmt)
     assert list(tmp_path.iterdir()) == []
