@@ -30,6 +30,7 @@ class Stem(layers.Layer):
     def get_config(self):
         return {**super().get_config(), "dim": self.dim}
 
+# %% ../nbs/03_stem.ipynb #cf70d475
 def stem_output_size(size: int) -> int:
     "Side length after the stem: two stride-2 steps, each rounding up."
     return -(-(-(-size // 2)) // 2)
