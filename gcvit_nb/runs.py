@@ -632,7 +632,7 @@ def _interrupts_held():
             signal.raise_signal(signal.SIGINT)   # to whatever handled it before
 
 class RunInterrupted(KeyboardInterrupt):
-    "A KeyboardInterrupt (Ctrl-C) stopped a run: what its directory kept, how to resume."
+    "Ctrl-C (a KeyboardInterrupt) stopped a run: what it kept, and how to resume."
     def __init__(self, run_dir, epoch: int, epochs=None):
         self.run_dir, self.epoch, self.epochs = Path(run_dir), epoch, epochs
         super().__init__(self.explain())
@@ -641,8 +641,8 @@ class RunInterrupted(KeyboardInterrupt):
         "The message; `command`: the command line that resumes (else Python's way)."
         how = command or "the same call with resume=True"
         if not self.epoch:
-            return (f"Interrupted before an epoch was finished: {self.run_dir} holds no "
-                    f"checkpoint yet. To start again: {how}")
+            return (f"Interrupted before an epoch was finished: {self.run_dir} holds "
+                    f"no checkpoint yet. To start again: {how}")
         if self.epochs and self.epoch >= self.epochs:
             kept = (f"all {self.epoch} epochs are committed in {self.run_dir}, but the "
                     "final report (metrics.json, figures) was not written")
