@@ -44,10 +44,11 @@ LOCALISER = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), mlp_
                  num_classes=3, input_shape=(96, 96, 3), name="localiser")
 # Stage 1: 12×12 tokens of 8 pixels (stage 3 has 3×3 tokens of 32 pixels on a 96-pixel canvas).
 CLASSES, N_VAL, CAM_STAGE = (1, 7, 8), 100, 1
-# The Grad-CAM the >= 80 % claim is made for, picked (by `--select`) among stages and upsamplings on 200 canvases
-# of the test split drawn with seed 2 (69.5 % there), then measured on the held-out canvases (seed 1): stage 1,
-# one block per token (upsample="nearest").
-BEST = dict(stage=1, upsample="nearest")
+# `--select` compares every stage and upsampling on 200 canvases of the test split drawn with seed 2, then on the
+# held-out canvases (seed 1). With the stored weights it picks stage 1, bilinear (56.5 % there; 64 % held out,
+# chance 4.8 %), the setting test_grad_cam_finds_the_item_far_above_chance measures. The maps upsampled with
+# "nearest" (a block per token) are checked against the reference too.
+NEAREST = dict(stage=1, upsample="nearest")
 SELECT_SEED, N_SELECT = 2, 200
 TOL = 1e-4
 
@@ -117,25 +118,40 @@ def test_attention_maps_keep_the_logits(model, batch):
     assert [(b.stage, b.kind) for b in maps.blocks] == [(s, k) for s in range(4) for k in ("local", "global")]
 
 
-def test_recomputed_softmax_reproduces_each_attention_layer(model, batch):
-    "P·V through the layer's projection must equal the attention layer's own output, block by block."
-    def check(x):
+def _windows(block, t):
+    "The windows `block` attends in, built here independently of gcvit_nb: norm1, zero padding, partition."
+    ops, (wh, ww) = keras.ops, block.window
+    y = block.norm1(t)
+    y = ops.pad(y, [[0, 0], [0, -y.shape[1] % wh], [0, -y.shape[2] % ww], [0, 0]])
+    b, h, w, c = y.shape
+    y = ops.reshape(y, (-1, h // wh, wh, w // ww, ww, c))
+    return ops.reshape(ops.transpose(y, (0, 1, 3, 2, 4, 5)), (-1, (h // wh) * (w // ww), wh * ww, c))
+
+
+def test_reported_probabilities_are_the_attention_layers_own(model, batch):
+    "attention_maps reports each layer's own softmax: rows sum to 1, and P·V through proj is the layer's output."
+    def layers_own(x):
         res = []
         for block, t, q in _block_inputs(model, x):
-            probs, windows, v = E._attention_probs(block, t, q)
-            attn = block.attn
-            out = keras.ops.transpose(keras.ops.matmul(probs, v), (0, 1, 3, 2, 4))
-            out = attn.proj(keras.ops.reshape(out, (-1, windows.shape[1], windows.shape[2], attn.dim)))
-            res.append((out, attn(windows, q), probs))
+            windows = _windows(block, t)
+            out, probs = block.attn(windows, q, return_attention=True)
+            res.append((probs, block.attn._queries_keys_values(windows, q)[2], block.attn(windows, q), out))
         return res
     # one compiled program on JAX: op-by-op dispatch is what makes JAX slow here
-    res = jax.jit(check)(batch) if BACKEND == "jax" else check(batch)
-    names = [b.name for stage in E._parts(model)[1] for b in stage.blocks]
-    assert len(res) == len(names) == 8
-    for name, (out, want, probs) in zip(names, res):
-        out, want, p = (keras.ops.convert_to_numpy(t) for t in (out, want, probs))
-        assert rel_diff(out, want) < 1e-5, name
-        np.testing.assert_allclose(p.sum(-1), 1, atol=1e-5)
+    res = jax.jit(layers_own)(batch) if BACKEND == "jax" else layers_own(batch)
+    maps = E.attention_maps(model, batch, keep_probs=True)
+    assert len(res) == len(maps.blocks) == 8
+    for blk, (probs, v, plain, out) in zip(maps.blocks, res):
+        where = f"stage {blk.stage} block {blk.block}"
+        probs, v, plain, out = (keras.ops.convert_to_numpy(t) for t in (probs, v, plain, out))
+        assert blk.probs.shape == probs.shape and rel_diff(blk.probs, probs) < 1e-5, where
+        np.testing.assert_allclose(blk.probs.sum(-1), 1, atol=1e-5, err_msg=where)
+        np.testing.assert_array_equal(out, plain)                     # asking for P changes nothing
+        heads = (blk.probs.astype("float64") @ v).transpose(0, 1, 3, 2, 4)   # P·V: (B, nW, n, heads, d)
+        merged = heads.reshape(*heads.shape[:3], -1).astype("float32")
+        proj = E._parts(model)[1][blk.stage].blocks[blk.block].attn.proj
+        again = keras.ops.convert_to_numpy(proj(keras.ops.convert_to_tensor(merged)))
+        assert rel_diff(again, plain) < 1e-5, where
 
 
 def test_query_map_is_one_softmax_row_inside_the_query_window(model, batch):
@@ -177,7 +193,7 @@ def test_gradient_helper_matches_the_analytic_gradient():
         y = keras.ops.sum(t ** 3 * w)
         return y, y
 
-    value, grad = E.value_and_grad(f, x)
+    value, grad = E._value_and_grad(f, x)
     np.testing.assert_allclose(value, np.sum(x ** 3 * np.arange(5)), rtol=1e-5)
     np.testing.assert_allclose(grad, 3 * x ** 2 * np.arange(5), rtol=1e-5)
 
@@ -216,7 +232,7 @@ def hit_and_chance(localiser, validation):
         pytest.skip("the hit rate is measured on TensorFlow; this backend's maps are checked against its maps")
     x, y, boxes, _ = validation
     t0 = time.perf_counter()
-    hits = hit_rates(localiser, x, y, boxes, {"gradcam": dict(stage=CAM_STAGE), "best": BEST})
+    hits = hit_rates(localiser, x, y, boxes, {"gradcam": dict(stage=CAM_STAGE), "nearest": NEAREST})
     chance = float(np.mean((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) / 96 ** 2)
     print(f"{BACKEND}: peak in the item's box on {len(x)} held-out canvases: {hits} (chance {chance:.1%}); "
           f"{time.perf_counter() - t0:.1f} s")
@@ -224,16 +240,13 @@ def hit_and_chance(localiser, validation):
 
 
 def test_grad_cam_finds_the_item_far_above_chance(hit_and_chance):
-    "Grad-CAM, stage 1, bilinear. Measured with the stored weights: 66 %, chance 4.8 %."
+    """Grad-CAM, stage 1, bilinear (the setting `--select` picks). Measured with the stored weights: 64 %, chance
+    4.8 %. Issue 12's goal of 80 % is not met: an earlier 80 % for "nearest" came from argmax's tie-break, which
+    put a peak token's whole block at its top-left pixel (peak_in_box now counts a tied peak at its centre)."""
     hits, chance = hit_and_chance
     assert chance < 0.1
     assert hits["gradcam"] >= 0.6 and hits["gradcam"] >= 10 * chance
-
-
-def test_grad_cam_finds_the_item_80_percent(hit_and_chance):
-    "Issue 12's bar, for the Grad-CAM picked on a separate split (BEST). Measured: 80 %, chance 4.8 %."
-    hits, chance = hit_and_chance
-    assert hits["best"] >= 0.8, f"Grad-CAM peak in the box for {hits['best']:.0%} (< 80 %), chance {chance:.1%}"
+    assert hits["nearest"] >= 10 * chance
 
 
 def test_compiled_programs_are_reused(model, batch):
@@ -251,6 +264,17 @@ def test_peak_in_box():
     maps[0, 3, 4] = maps[1, 9, 9] = 1
     boxes = np.array([[3, 4, 4, 5], [0, 0, 9, 9]])               # bottom/right are exclusive
     np.testing.assert_array_equal(E.peak_in_box(maps, boxes), [True, False])
+
+
+def test_peak_in_box_counts_a_tied_peak_at_its_centre():
+    "A token's block after nearest upsampling: its centre decides, not the first (top-left) pixel argmax picks."
+    tokens = np.zeros((1, 4, 4))
+    tokens[0, 1, 2] = 1                                          # the peak token: pixels 8..15 × 16..23
+    maps = E._resize_map(tokens, (32, 32), "nearest")
+    inside_top_left = np.array([[6, 14, 11, 30]])                # holds pixel (8, 16) but not the centre (12, 20)
+    inside_centre = np.array([[10, 18, 14, 22]])
+    np.testing.assert_array_equal(E.peak_in_box(maps, inside_top_left), [False])
+    np.testing.assert_array_equal(E.peak_in_box(maps, inside_centre), [True])
 
 
 # ------------------------------------------------------------------ bad input
@@ -382,6 +406,27 @@ def test_explain_image_writes_one_png(cli_files, localiser, tmp_path):
         E.explain_image(localiser, cli_files / "cat.jpg", tmp_path / "maps", "saliency")
 
 
+@pytest.mark.parametrize("limit", [1_000, 100_000])      # the cat's 135,300 px: over twice the limit, then under
+def test_explain_refuses_an_image_over_the_pixel_limit_unread(cli_files, localiser, tmp_path, monkeypatch, capsys,
+                                                              limit):
+    "Pillow's pixel limit (made small here) is checked from the header, before decoding: explain_image and the CLI."
+    from PIL import Image
+
+    def decoded(*args, **kwargs):
+        raise AssertionError("the image was decoded")
+
+    monkeypatch.setattr(P, "preprocess_image", decoded)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    for method in ("gradcam", "attention"):
+        with pytest.raises(OSError, match=f"{limit:,}-pixel safety limit"):
+            E.explain_image(localiser, cli_files / "cat.jpg", tmp_path / "maps", method)
+    assert not (tmp_path / "maps").exists()
+    code = _explain([str(cli_files / "cat.jpg"), "--weights", str(cli_files / "localiser.keras"),
+                     "--out", str(tmp_path / "cli")])
+    assert code == 1 and f"{limit:,}-pixel safety limit" in capsys.readouterr().err
+    assert not (tmp_path / "cli").exists()
+
+
 # ------------------------------------------------------------------ fixtures
 def _reference_maps(model, batch, localiser, canvases) -> dict:
     "The maps stored in explain_reference.npz (and recomputed by every backend)."
@@ -389,7 +434,7 @@ def _reference_maps(model, batch, localiser, canvases) -> dict:
     for s in (-1, 1):                   # every 3rd pixel keeps the fixture small
         out[f"cam_stage{s}"] = E.grad_cam(model, batch, class_index=[2, 5], stage=s)[:, ::3, ::3]
     out["cam_localiser"] = E.grad_cam(localiser, canvases, class_index=0, stage=CAM_STAGE)[:, ::3, ::3]
-    out["best_localiser"] = E.grad_cam(localiser, canvases, class_index=[0, 1, 2, 0], **BEST)[:, ::3, ::3]
+    out["nearest_localiser"] = E.grad_cam(localiser, canvases, class_index=[0, 1, 2, 0], **NEAREST)[:, ::3, ::3]
     maps = E.attention_maps(model, batch, query=(30, 70))
     for blk in maps.blocks:             # one value per stage-0 token (4 pixels): all the values there are
         out[f"query_{blk.stage}_{blk.block}"] = blk.query[..., ::4, ::4]
@@ -411,7 +456,7 @@ def _train_localiser():
 
 
 def _select(m):
-    "Hit rates of every method, stage and upsampling on the selection split (pick BEST here), then held out."
+    "Hit rates of every stage and upsampling on the selection split (pick the setting here), then held out."
     grid = {(s, u): dict(stage=s, upsample=u) for s in range(4) for u in ("bilinear", "nearest")}
     for name, seed, n in (("selection", SELECT_SEED, N_SELECT), ("held-out", 1, N_VAL)):
         x, y, boxes, _ = E.localisation_task(n, classes=CLASSES, split="test", seed=seed)
