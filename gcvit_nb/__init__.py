@@ -59,7 +59,7 @@ if not _in_command_line_launcher():
 # The top level offers what users call: README's names, the layers Part I teaches with, and the
 # configuration objects. Everything else stays in its module (gcvit_nb.checkpoints, ...).
 _PUBLIC = {
-    # appendix A (00_backend): run profiles, the serving path, PyTorch-compatible layers
+    # appendix A1-A3 (runtime, layers, predictor): run profiles, PyTorch-compatible layers, serving
     "active_profile": "runtime", "Profile": "runtime", "Predictor": "predictor",
     "Conv2d": "layers", "DepthwiseConv2d": "layers", "Linear": "layers",
     "LayerNorm": "layers",
@@ -70,24 +70,22 @@ _PUBLIC = {
     "RelativePositionBias": "attention",
     # 06_model: the model and its variants
     "GCViT": "model", "GCViTBlock": "model", "GCViTStage": "model", "VARIANTS": "model",
-    # 07_checkpoints (appendix B): checkpoint files and strict loading
+    # 07_checkpoints (appendix B1): checkpoint files and strict loading
     "read_checkpoint": "checkpoints", "load_timm_weights": "checkpoints",
     "timm_state_dict": "checkpoints", "resize_model": "checkpoints",
     # 08_pretrained: create_model, downloads, preprocessing, ImageNet labels
     "create_model": "pretrained", "PRETRAINED": "pretrained",
     "download_checkpoint": "pretrained", "PretrainedWeightsUnavailable": "pretrained",
     "preprocess_image": "pretrained", "decode_predictions": "pretrained",
-    "imagenet_labels": "pretrained",
     # 09-11 (appendix C): training data, run directories, evaluation
     "load_data": "data", "Augment": "data", "DatasetUnavailable": "data",
-    "RunDirectoryBusy": "runs", "NonFiniteLoss": "runs", "evaluate": "report",
+    "RunDirectoryBusy": "runs", "RunInterrupted": "runs", "NonFiniteLoss": "runs",
+    "evaluate": "report",
     # 12_finetune (the function finetune() is gcvit_nb.finetune.finetune: its module's name)
     "FinetuneConfig": "finetune", "load_run_model": "finetune",
     # 13_explain and 14_deploy
     "attention_maps": "explain", "grad_cam": "explain", "overlay": "explain",
     "export_model": "deploy",
-    # 16_benchmark
-    "run_benchmark": "benchmark",
 }
 
 __all__ = ["__version__", "MissingExtra", *_PUBLIC]
