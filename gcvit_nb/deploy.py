@@ -516,7 +516,7 @@ def load_for_export(name=None, weights=None, image_size=None, random_weights=Fal
     if name is None:
         raise ValueError("Name the variant with --model (e.g. gcvit_xxtiny), or give a "
                          ".keras model or run directory with --weights.")
-    config = variant_spec(name)       # an unknown name: ValueError naming the valid ones
+    config = variant_spec(name)     # unknown name: ValueError naming the valid ones
     if side is not None:
         _check_image_size(config, side)
     shape = None if side is None else (side, side, 3)
