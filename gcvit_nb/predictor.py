@@ -18,10 +18,12 @@ from .runtime import _on
 class Predictor:
     """Inference without Keras' predict loop: NumPy images in, NumPy float32 logits out,
     through one compiled forward pass per image size (none is ever retraced).
+
     - torch: a frozen TorchScript trace of the model on one image, which serves every
       batch size; it holds a snapshot of the weights: `refresh()` after changing them;
     - JAX: `jax.jit` over `model.stateless_call`, fed the current weights;
     - TensorFlow: a `tf.function` traced for the shape.
+
     Inside `export_mode()` nothing is compiled: the plain Keras call runs."""
 
     def __init__(self, model):
