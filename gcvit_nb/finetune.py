@@ -2,12 +2,13 @@
 
 # %% auto #0
 __all__ = ['build_classifier', 'warmup_cosine', 'make_optimizer', 'compile_for_finetuning', 'FinetuneConfig', 'load_run_model',
-           'finetune', 'describe_run']
+           'finetune', 'describe_run', 'class_subset', 'backbone_checkpoint', 'compare_starts']
 
 # %% ../nbs/12_finetune.ipynb #a4c39218
 import dataclasses
 import importlib.util
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +19,12 @@ import keras
 from . import missing_extra
 from .runtime import pick_precision
 from .model import GCViT, variant_spec
-from .checkpoints import load_pretrained
+from .checkpoints import (load_pretrained, read_checkpoint, timm_state_dict,
+                                  to_timm_layout)
 from .pretrained import create_model, download_checkpoint
-from .data import Augment, load_data, make_dataset
-from .runs import (NonFiniteLoss, RunCheckpoint, _jsonable, distribution_scope,
-                           restore_checkpoint, run_directory)
+from .data import Augment, ImageData, _tf, load_data, make_dataset
+from .runs import (NonFiniteLoss, RunCheckpoint, _jsonable, atomic_write,
+                           distribution_scope, restore_checkpoint, run_directory)
 from .report import evaluate, write_report
 
 # %% ../nbs/12_finetune.ipynb #2fdd8f57
@@ -35,11 +37,22 @@ def _reset_head(model, seed: int = 0):
     head.kernel.assign(init(tuple(head.kernel.shape), "float32"))
     head.bias.assign(np.zeros(tuple(head.bias.shape), "float32"))
 
+def _with_fresh_head(net, source) -> dict:
+    """The checkpoint `source` (path or state dict) in timm layout; a backbone-only one
+    (no `head.*` tensors) gets `net`'s own fresh head, so that it loads whole."""
+    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    state = to_timm_layout(raw, net)
+    if not any(k.startswith("head.") for k in state):
+        own = timm_state_dict(net)
+        state.update({k: v for k, v in own.items() if k.startswith("head.")})
+    return state
+
 def build_classifier(model, num_classes: int, image_size: int, *, pretrained=False,
                      drop_path_rate=0.1, window_size=None, verbose: bool = True):
     """A GCViT variant (name) or architecture (dict of GCViT arguments) with a fresh,
     small `num_classes` head. `pretrained`: True (the variant's ImageNet weights,
-    fetched before anything is built), a checkpoint path, or False."""
+    fetched before anything is built), a checkpoint path (a backbone-only checkpoint,
+    as `backbone_checkpoint` writes, too), or False."""
     shape = (image_size, image_size, 3)
     extra = {k: v for k, v in dict(drop_path_rate=drop_path_rate,
                                    window_size=window_size).items() if v is not None}
@@ -58,7 +71,7 @@ def build_classifier(model, num_classes: int, image_size: int, *, pretrained=Fal
                            input_shape=shape, **extra)
     _reset_head(net)
     if source:          # a checkpoint whose head has other classes keeps the fresh head
-        load_pretrained(net, source, verbose=verbose)
+        load_pretrained(net, _with_fresh_head(net, source), verbose=verbose)
     return net
 
 # %% ../nbs/12_finetune.ipynb #0d1243a6
@@ -302,3 +315,145 @@ def describe_run(metrics: dict) -> str:
             f"{m['best_val_accuracy']:.4f} at epoch {m['best_epoch']}) after "
             f"{m['epochs_completed']} epochs, {m['train_seconds']:.0f} s of training; "
             f"run directory {m['run_dir']}")
+
+# %% ../nbs/12_finetune.ipynb #91742788
+def _labels_of(ds) -> np.ndarray:
+    "The labels (each element's last part) of a raw dataset, in order."
+    batches = ds.map(lambda *element: element[-1]).batch(8192).as_numpy_iterator()
+    return np.concatenate([np.asarray(b, np.int64) for b in batches])
+
+def _materialise(ds, keep, relabel):
+    "The elements at indices `keep` of a raw dataset, in memory, labels renumbered."
+    tf = _tf()
+    mask = np.zeros(int(keep.max()) + 1, bool)
+    mask[keep] = True
+    wanted = tf.constant(mask)
+    chosen = ds.take(len(mask)).enumerate().filter(lambda i, element: wanted[i])
+    batches = list(chosen.map(lambda i, element: element).batch(4096)
+                   .as_numpy_iterator())
+    parts = [np.concatenate([b[k] for b in batches]) for k in range(len(batches[0]))]
+    parts[-1] = relabel[parts[-1]].astype("int32")
+    return tf.data.Dataset.from_tensor_slices(tuple(parts))
+
+def class_subset(data: ImageData, classes, *, train_per_class=None,
+                 val_per_class=None, seed: int = 0) -> ImageData:
+    """The classes `classes` (indices) of `data`, renumbered 0..k-1, held in memory.
+    Training: `train_per_class` images per class drawn at random (`seed`), or all;
+    validation: the first `val_per_class` of each class, or all (the same for every
+    seed)."""
+    classes = [int(c) for c in classes]
+    if len(set(classes)) != len(classes) or not all(
+            0 <= c < data.num_classes for c in classes):
+        last = data.num_classes - 1
+        raise ValueError(f"classes must be distinct indices in 0..{last}, got "
+                         f"{classes}.")
+    relabel = np.full(data.num_classes, -1, np.int64)
+    relabel[classes] = np.arange(len(classes))
+    rng = np.random.default_rng(seed)
+    names = [data.class_names[c] for c in classes]
+    picked = {}
+    for split, ds, per in (("train", data.train, train_per_class),
+                           ("val", data.val, val_per_class)):
+        labels = _labels_of(ds)
+        keep = []
+        for c in classes:
+            where = np.flatnonzero(labels == c)
+            if per is not None and per > len(where):
+                raise ValueError(f"{data.class_names[c]!r} has {len(where)} {split} "
+                                 f"images, fewer than the {per} asked for.")
+            if per is not None:
+                where = (np.sort(rng.choice(where, per, replace=False))
+                         if split == "train" else where[:per])
+            keep.append(where)
+        keep = np.sort(np.concatenate(keep))
+        if len(keep) == 0:
+            raise ValueError(f"The classes {names} have no {split} images.")
+        picked[split] = (_materialise(ds, keep, relabel), len(keep))
+    (train, n_train), (val, n_val) = picked["train"], picked["val"]
+    count = (f"{train_per_class} per class, drawn with seed {seed}"
+             if train_per_class is not None else "all")
+    desc = (f"{len(names)} classes of {data.description.split(':')[0]} "
+            f"({', '.join(names)}): {n_train:,} training images ({count}), "
+            f"{n_val:,} validation images")
+    return ImageData(train, val, data.decode, names, n_train, n_val, desc,
+                     crop_pct=data.crop_pct)
+
+# %% ../nbs/12_finetune.ipynb #e49039e3
+def backbone_checkpoint(run_dir, path=None, which: str = "best") -> Path:
+    """Write the backbone of a run's `best` (or `last`) model, without its classifier,
+    as a timm-layout `.npz` (default: run_dir/backbone.npz): a starting point for
+    `finetune(..., pretrained=path)` on other classes."""
+    net = load_run_model(run_dir, which)
+    state = {k: v for k, v in timm_state_dict(net).items()
+             if not k.startswith("head.")}
+    path = Path(path) if path else Path(run_dir) / "backbone.npz"
+    if path.suffix != ".npz":
+        raise ValueError(f"{path} must end in .npz (the file is a NumPy .npz archive).")
+    return atomic_write(path, lambda tmp: np.savez(tmp, **state))
+
+def compare_starts(data, model, starts: dict, *, seeds=(0, 1, 2), config=None,
+                   verbose: bool = True, **settings) -> dict:
+    """Train `model` from each start in `starts` ({name: False for from scratch, or a
+    checkpoint path}) with one recipe and budget (FinetuneConfig `settings`), once
+    per seed. `data`: an ImageData, or a function of the seed that returns one (a new
+    draw of few labels per seed). Returns {name: {"val_accuracy", "val_loss": arrays
+    (seed, epoch), "seconds": array (seed,)}}. One compiled model serves every run."""
+    cfg = (config or FinetuneConfig()).replace(**settings)
+    if cfg.freeze_epochs or cfg.distribute:
+        raise ValueError("compare_starts trains whole networks on one device: "
+                         "freeze_epochs must be 0 and distribute False.")
+    if not starts or not seeds:
+        raise ValueError("Give at least one start and one seed.")
+    draw = data if callable(data) else (lambda seed: data)
+    augment = Augment() if cfg.augment is True else (cfg.augment or None)
+    lr = cfg.learning_rate or 3e-4 * cfg.batch_size / 32
+    first = draw(seeds[0])
+    steps = first.n_train // cfg.batch_size
+    if steps < 1:
+        raise ValueError(f"{first.n_train} training images are fewer than one batch "
+                         f"of {cfg.batch_size}; lower the batch size.")
+    def build(start):
+        return build_classifier(model, first.num_classes, cfg.image_size,
+                                pretrained=start, drop_path_rate=cfg.drop_path_rate,
+                                window_size=cfg.window_size, verbose=False)
+    policy, previous_policy = pick_precision(cfg.precision), keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(cfg.seed)
+        net = build(False)
+        opt = make_optimizer(lr, cfg.epochs * steps, warmup=cfg.warmup,
+                             weight_decay=cfg.weight_decay)
+        compile_for_finetuning(net, opt, cfg.label_smoothing)
+        fresh = [keras.ops.convert_to_numpy(v) for v in opt.variables]
+        out = {name: dict(val_accuracy=[], val_loss=[], seconds=[]) for name in starts}
+        for seed in seeds:
+            data_s = draw(seed)
+            if (data_s.num_classes, data_s.n_train // cfg.batch_size) != (
+                    first.num_classes, steps):
+                raise ValueError("Every seed's data must have the same classes and "
+                                 "number of training batches.")
+            val_ds = make_dataset(data_s, "val", cfg.image_size,
+                                  max(cfg.batch_size, 100))     # fewer, larger steps
+            for name, start in starts.items():
+                t0 = time.perf_counter()
+                keras.utils.set_random_seed(seed)
+                net.set_weights(build(start).get_weights())
+                for variable, value in zip(opt.variables, fresh):
+                    variable.assign(value)
+                train_ds = make_dataset(data_s, "train", cfg.image_size,
+                                        cfg.batch_size, augment=augment, seed=seed,
+                                        epochs=(0, cfg.epochs))
+                history = net.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs,
+                                  steps_per_epoch=steps, verbose=0, shuffle=False,
+                                  callbacks=[keras.callbacks.TerminateOnNaN()])
+                for key in ("val_accuracy", "val_loss"):
+                    out[name][key].append(history.history[key])
+                out[name]["seconds"].append(time.perf_counter() - t0)
+                if verbose:
+                    print(f"seed {seed}, {name}: validation accuracy "
+                          f"{history.history['val_accuracy'][-1]:.4f} after "
+                          f"{cfg.epochs} epochs ({out[name]['seconds'][-1]:.0f} s)")
+    finally:
+        keras.config.set_dtype_policy(previous_policy)
+    return {name: {k: np.asarray(v, "float64") for k, v in r.items()}
+            for name, r in out.items()}

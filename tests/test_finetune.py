@@ -555,3 +555,72 @@ def test_corrupt_state_on_resume_names_the_file(image_folder, tmp_path, capsys):
     assert _cli(args) == 1
     err = capsys.readouterr().err
     assert str(run / "state.json") in err and "damaged" in err and "Traceback" not in err
+
+
+def _numbered_images(n_per_class=4, classes=3, size=48):
+    "uint8 images whose pixels all equal their index, labels 0, 1, 2, 0, 1, 2, ..."
+    n = n_per_class * classes
+    x = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, size, size, 3)).copy()
+    y = (np.arange(n) % classes).astype("int32")
+    return x, y
+
+
+@once
+def test_class_subset_renumbers_draws_per_seed_and_keeps_validation_fixed():
+    x, y = _numbered_images()
+    data = array_data(x, y, x, y, description="numbered: images")
+    picks = {}
+    for seed in (0, 1, 2, 3):
+        sub = ft.class_subset(data, [2, 0], train_per_class=2, val_per_class=1, seed=seed)
+        assert (sub.class_names, sub.n_train, sub.n_val) == (["stripes", "circle"], 4, 2)
+        xs, ys = (np.concatenate(a) for a in zip(*sub.train.batch(100).as_numpy_iterator()))
+        index = xs[:, 0, 0, 0].astype(int)
+        np.testing.assert_array_equal(ys, np.where(y[index] == 2, 0, 1))   # renumbered
+        assert sorted(np.bincount(ys).tolist()) == [2, 2]
+        picks[seed] = tuple(index)
+        xv, yv = (np.concatenate(a) for a in zip(*sub.val.batch(100).as_numpy_iterator()))
+        np.testing.assert_array_equal(xv[:, 0, 0, 0], [0, 2])    # the first of each class
+    assert len(set(picks.values())) > 1                          # seeds draw differently
+    with pytest.raises(ValueError, match="fewer than the 5"):
+        ft.class_subset(data, [0], train_per_class=5)
+    with pytest.raises(ValueError, match="distinct indices in 0..2"):
+        ft.class_subset(data, [0, 3])
+
+
+def test_backbone_checkpoint_loads_under_a_fresh_head(straight, tmp_path):
+    run_dir = Path(straight["run_dir"])
+    path = ft.backbone_checkpoint(run_dir)
+    assert path == run_dir / "backbone.npz"
+    with np.load(path) as f:
+        saved = {k: f[k] for k in f.files}
+    assert saved and not any(k.startswith("head.") for k in saved)
+    net = ft.build_classifier(TINY, 5, 48, window_size=(4, 4, 3, 2), pretrained=path, verbose=False)
+    loaded = gcvit_nb.checkpoints.timm_state_dict(net)
+    source = gcvit_nb.checkpoints.timm_state_dict(ft.load_run_model(run_dir))
+    for key in saved:
+        np.testing.assert_array_equal(loaded[key], source[key])
+    assert loaded["head.fc.weight"].shape == (5, TINY["embed_dim"] * 8)
+    np.testing.assert_array_equal(loaded["head.fc.bias"], np.zeros(5))
+    assert 0 < np.abs(loaded["head.fc.weight"]).max() < 0.05       # small, fresh
+    with pytest.raises(ValueError, match="must end in .npz"):
+        ft.backbone_checkpoint(run_dir, tmp_path / "backbone.h5")
+
+
+def test_compare_starts_gives_one_curve_per_seed_and_start(straight, tmp_path):
+    path = ft.backbone_checkpoint(Path(straight["run_dir"]), tmp_path / "b.npz")
+    x, y = _numbered_images(n_per_class=6)
+    data = array_data(x, y, x[:6], y[:6])
+    settings = dict(image_size=48, window_size=(4, 4, 3, 2), batch_size=6, epochs=2, augment=False,
+                    drop_path_rate=0.0)
+    curves = ft.compare_starts(data, TINY, {"scratch": False, "pretrained": str(path)}, seeds=(0, 1),
+                               verbose=False, **settings)
+    assert list(curves) == ["scratch", "pretrained"]
+    for r in curves.values():
+        assert r["val_accuracy"].shape == r["val_loss"].shape == (2, 2)
+        assert ((0 <= r["val_accuracy"]) & (r["val_accuracy"] <= 1)).all()
+        assert np.isfinite(r["val_loss"]).all() and r["seconds"].shape == (2,)
+    # Each run starts afresh: the same seed and start repeats its curve exactly.
+    again = ft.compare_starts(data, TINY, {"scratch": False}, seeds=(1,), verbose=False, **settings)
+    np.testing.assert_allclose(again["scratch"]["val_loss"][0], curves["scratch"]["val_loss"][1], rtol=1e-5)
+    with pytest.raises(ValueError, match="freeze_epochs must be 0"):
+        ft.compare_starts(data, TINY, {"scratch": False}, freeze_epochs=1, **settings)
