@@ -34,7 +34,7 @@ setuptools.setup(
     ] + ["Programming Language :: Python :: " + v for v in py_versions[py_versions.index(min_python):]],
     packages=setuptools.find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     include_package_data=True,
-    package_data={cfg["lib_name"]: ["data/*"]},
+    package_data={cfg["lib_name"]: ["resources/*"]},
     python_requires=">=" + min_python,
     install_requires=cfg.get("requirements", "").split(),
     extras_require={key[:-len("_requirements")]: value.split()

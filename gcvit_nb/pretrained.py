@@ -413,7 +413,7 @@ def check_image_file(path):
 def imagenet_labels() -> list:
     "The 1000 ImageNet-1k (synset, name) pairs in model-output order."
     from importlib.resources import files
-    path = files("gcvit_nb") / "data" / "imagenet1k_labels.tsv"
+    path = files("gcvit_nb") / "resources" / "imagenet1k_labels.tsv"
     text = path.read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines()[1:]]
     return [(r[1], r[2]) for r in rows]
