@@ -423,8 +423,12 @@ def plot_sweep(sweep: dict, mode=None):
         ax.set(title=title, xscale="log", xlabel="batch size", xticks=c["batch_sizes"],
                xticklabels=c["batch_sizes"])
         ax.minorticks_off()
-    axes[0].legend(fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()   # one legend, below
+    rows = -(-len(labels) // 6)
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)),
+               fontsize=7, frameon=False)
     fig.suptitle(f"{c['model']}, {mode} | {_machine_label(sweep['machine'])}", size=9)
+    fig.tight_layout(rect=(0, 0.07 * rows, 1, 1))
     return fig
 
 def measure(image_size=224, batch_size=8, json_path=None, log=print, show=print,
