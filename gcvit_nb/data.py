@@ -388,7 +388,7 @@ def eval_transform(image, size: int, crop_pct: float = 0.875):
     image = tf.image.resize(tf.cast(image, tf.float32), tf.stack([new_h, new_w]),
                             method="bicubic", antialias=True)
     image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
-    top = tf.cast(tf.round((new_h - size) / 2), tf.int32)      # half to even, as round()
+    top = tf.cast(tf.round((new_h - size) / 2), tf.int32)  # half to even, as round()
     left = tf.cast(tf.round((new_w - size) / 2), tf.int32)
     return _normalise(image[top:top + size, left:left + size])
 

@@ -40,7 +40,8 @@ def _reset_head(model, seed: int = 0):
 def _with_fresh_head(net, source) -> dict:
     """The checkpoint `source` (path or state dict) in timm layout; a backbone-only one
     (no `head.*` tensors) gets `net`'s own fresh head, so that it loads whole."""
-    raw = read_checkpoint(source) if isinstance(source, (str, os.PathLike)) else dict(source)
+    is_path = isinstance(source, (str, os.PathLike))
+    raw = read_checkpoint(source) if is_path else dict(source)
     state = to_timm_layout(raw, net)
     if not any(k.startswith("head.") for k in state):
         own = timm_state_dict(net)

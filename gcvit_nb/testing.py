@@ -33,5 +33,5 @@ def synthetic_tensor(key: str, shape: Sequence[int], seed: int) -> np.ndarray:
 
 def synthetic_state_dict(shapes: Mapping[str, Sequence[int]],
                          seed: int) -> dict:
-    "Map each `{key: shape}` entry to its deterministic float32 array, in the same order."
+    "Each `{key: shape}` entry mapped to its deterministic float32 array, in order."
     return {key: synthetic_tensor(key, shape, seed) for key, shape in shapes.items()}
