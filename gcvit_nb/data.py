@@ -390,7 +390,10 @@ def eval_transform(image, size: int, crop_pct: float = 0.875):
     image = tf.round(tf.clip_by_value(image, 0.0, 255.0))
     top = tf.cast(tf.round((new_h - size) / 2), tf.int32)  # half to even, as round()
     left = tf.cast(tf.round((new_w - size) / 2), tf.int32)
-    return _normalise(image[top:top + size, left:left + size])
+    crop = image[top:top + size, left:left + size]
+    # The offsets are tensors, so the slice has no static size: state it (a graph,
+    # e.g. under a distribution strategy, needs it to build the model's layers).
+    return _normalise(tf.ensure_shape(crop, [size, size, image.shape[-1]]))
 
 def train_transform(image, seed, size: int, augment: Augment):
     "Random resized crop, flip, colour jitter from a stateless `seed` (2,); normalised."

@@ -199,3 +199,15 @@ def test_eval_transform_agrees_with_preprocess_image(photo, size):
     assert tfd.shape == pil.shape
     levels = np.abs(pil - tfd) * IMAGENET_STD * 255             # in 8-bit levels
     assert np.mean(levels <= 1.0001) >= 0.99 and levels.max() <= 10, (np.mean(levels <= 1.0001), levels.max())
+
+
+def test_eval_transform_output_has_a_static_shape():
+    """Traced for images of any size (as tf.data and a distribution strategy trace it), the crop
+    still has a static size: the model's layers are built from it."""
+    tf = pytest.importorskip("tensorflow")
+    traced = tf.function(lambda im: dm.eval_transform(im, 40),
+                         input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    out = traced.get_concrete_function().structured_outputs
+    assert out.shape.as_list() == [40, 40, 3]
+    image = np.random.default_rng(0).integers(0, 256, (57, 90, 3), dtype=np.uint8)
+    assert traced(image).shape == (40, 40, 3)
