@@ -5,7 +5,6 @@ __all__ = ['grad_cam', 'BlockAttention', 'AttentionMaps', 'attention_maps', 'ove
            'explain_image']
 
 # %% ../nbs/13_explain.ipynb #8d5bde2c
-import warnings
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
