@@ -336,19 +336,30 @@ def peak_in_box(maps, boxes) -> np.ndarray:
     return (y >= b[:, 0]) & (y < b[:, 2]) & (x >= b[:, 1]) & (x < b[:, 3])
 
 # %% ../nbs/13_explain.ipynb #16e38890
-def _save_figure(path, photo, panels, title):
-    "A PNG of (title, heat map) panels over the photo, written then renamed into place."
+def _panel_figure(photo, panels, title):
+    """The figure `explain_image` saves: (title, heat map) panels over the photo, and
+    one colour bar, since every map is scaled to its own range by `overlay`."""
+    from matplotlib.cm import ScalarMappable
     from matplotlib.figure import Figure      # not pyplot: no GUI, no global state
-    from gcvit_nb.runs import atomic_write
     cols, rows = min(4, len(panels)), -(-len(panels) // 4)
-    fig = Figure(figsize=(2.6 * cols, 2.8 * rows))
+    fig = Figure(figsize=(2.6 * cols + 0.8, 2.8 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
-    _ = [ax.axis("off") for ax in axes.flat]
+    for ax in axes.flat:
+        ax.axis("off")
     for ax, (name, heat) in zip(axes.flat, panels):
         ax.imshow(photo if heat is None else overlay(photo, heat))
         ax.set_title(name, fontsize=9)
+    if any(heat is not None for _, heat in panels):
+        key = ScalarMappable(cmap="jet")              # overlay's colours, 0 to 1
+        fig.colorbar(key, ax=axes, fraction=0.03, pad=0.02,
+                     label="map, from its lowest (0) to its highest (1)")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    return fig
+
+def _save_figure(path, photo, panels, title):
+    "The panel figure as a PNG, written then renamed into place."
+    from gcvit_nb.runs import atomic_write
+    fig = _panel_figure(photo, panels, title)
     atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
 
 def explain_image(model, image, out, method: str = "gradcam", *, class_index=None,

@@ -406,6 +406,17 @@ def test_explain_image_writes_one_png(cli_files, localiser, tmp_path):
         E.explain_image(localiser, cli_files / "cat.jpg", tmp_path / "maps", "saliency")
 
 
+def test_saved_maps_carry_one_colour_bar():
+    "Every saved panel is scaled to its own range, so the PNG says so with one colour bar."
+    photo = np.zeros((8, 8, 3), "float32")
+    heat = np.arange(16.0).reshape(4, 4)
+    fig = E._panel_figure(photo, [("image", None), ("a", heat), ("b", heat)], "t")
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and "highest (1)" in bars[0].get_ylabel()
+    plain = E._panel_figure(photo, [("image", None)], "t")
+    assert not [ax for ax in plain.axes if ax.get_label() == "<colorbar>"]
+
+
 @pytest.mark.parametrize("limit", [1_000, 100_000])      # the cat's 135,300 px: over twice the limit, then under
 def test_explain_refuses_an_image_over_the_pixel_limit_unread(cli_files, localiser, tmp_path, monkeypatch, capsys,
                                                               limit):
