@@ -7,7 +7,6 @@ __all__ = ['global_token_levels', 'pooled_size', 'GlobalTokenGenerator', 'bicubi
 import math
 
 import numpy as np
-import keras
 from keras import layers, ops
 
 from .layers import max_pool_3x3_s2, pad_hw, register

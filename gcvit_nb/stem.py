@@ -4,7 +4,6 @@
 __all__ = ['Stem', 'stem_output_size']
 
 # %% ../nbs/03_stem.ipynb #f47abc60
-import keras
 from keras import layers
 
 from .layers import Conv2d, register
