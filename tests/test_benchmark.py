@@ -354,6 +354,20 @@ def test_plot_sweep_lines_per_panel(monkeypatch, tmp_path):
 
 
 @pytest.mark.one_backend
+def test_plot_results_bars(monkeypatch, tmp_path):
+    "A bar per side and mode, in the order reference then backends; each backend's ratio written on its bar."
+    import matplotlib
+    matplotlib.use("Agg")
+    status, res = _fake_sweep(monkeypatch, tmp_path, "--reference", "timm", "--mode", "both")
+    ax = benchmark.plot_results(res)
+    assert status == 0 and len(ax.patches) == 2 * 2                 # timm and BACKEND, infer and train
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == ["timm", BACKEND]
+    notes = [t.get_text() for t in ax.texts]
+    assert notes.count("20.0") == 2 and notes.count("20.0\n1.00×") == 2     # timm bare, the backend x1.00
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["inference", "training step"]
+
+
+@pytest.mark.one_backend
 def test_smoke_sweep(tmp_path, monkeypatch):
     """A real sweep, 2 sizes x 2 batches of the smoke model on this backend; its JSON also feeds the
     chapter's cells through their file branch (the committed-results path), with no sweep run there."""
@@ -376,17 +390,20 @@ def test_smoke_sweep(tmp_path, monkeypatch):
     assert len(benchmark.format_sweep(sweep).splitlines()) == 4 + 2
     assert sorted(p.name for p in results.iterdir()) == ["cpu_sweep_xxtiny.json"]
 
-    # the chapter's cells, run from its folder: they must load this file, not run a sweep of their own
+    # the results page's cells, run from its folder: they must load this file, not run a sweep of their own
     cells = {c["id"]: "".join(c["source"]) for c in
-             json.loads((Path(__file__).parents[1] / "nbs" / "16_benchmark.ipynb").read_text())["cells"]}
+             json.loads((Path(__file__).parents[1] / "nbs" / "16a_bench_results.ipynb").read_text())["cells"]}
     (tmp_path / "nbs").mkdir()
     monkeypatch.chdir(tmp_path / "nbs")
     calls = []
+    glued = {}
     ns = dict(vars(benchmark), os=os, json=json, Path=Path,
+              glue=lambda name, value, display=True: glued.update({name: value}),
               run_sweep=lambda *a, **k: calls.append(a) or benchmark.run_sweep(*a, **k))
     for cid in ("890610ef", "d7e2c3a4", "e8f3d4b5", "a0b5f6d7"):
         exec(cells[cid], ns)
-    assert ns["sweep"] == sweep and calls == [([32, 8], [1])]         # only the checks' refused sweep
+    assert ns["sweep"] == sweep and calls == []                        # no sweep of its own
+    assert glued["sweep_side"] == BACKEND and (glued["sweep_s0"], glued["sweep_s1"]) == ("32", "48")
 
 
 @pytest.mark.one_backend

@@ -2,8 +2,12 @@
 
 Tiny HTML pages shaped like myst-nb's output go through the static checks
 (`output_problems`, `check_pages`); the clipped-math check renders two pages in headless
-Chromium (skipped without Chromium).
+Chromium (skipped without Chromium). The titles of the book's own pages go through the
+label check without a build.
 """
+import json
+from pathlib import Path
+
 import pytest
 from bs4 import BeautifulSoup
 
@@ -131,6 +135,25 @@ def test_a_label_shown_twice_is_reported():
     assert problems[0].startswith("nbs/15, nbs/16")
     titles["nbs/16"] = "Appendix D2 — Benchmarks: the tool"
     assert check_book.duplicate_labels(titles) == []
+
+
+def _first_heading(path: Path) -> str:
+    "The first `# ` title of a notebook's Markdown cells, or of a Markdown file."
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".ipynb":
+        text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"]
+                         if c["cell_type"] == "markdown")
+    return next(line[2:].strip() for line in text.splitlines() if line.startswith("# "))
+
+
+def test_the_books_titles_show_each_label_once():
+    "The pages of _toc.yml as they are titled now: no label twice in the sidebar (Appendix D, D.1, D.2)."
+    titles = {}
+    for doc in check_book.toc_files(ROOT / "_toc.yml"):
+        path = next(p for p in (ROOT / f"{doc}.ipynb", ROOT / f"{doc}.md") if p.exists())
+        titles[doc] = _first_heading(path)
+    assert check_book.duplicate_labels(titles) == []
+    assert titles["nbs/16a_bench_results"].startswith("Appendix D — ")
 
 
 # --- clipped display math, in Chromium ------------------------------------------------
