@@ -270,7 +270,9 @@ def attention_maps(model, images, query=None, *, keep_probs: bool = False,
     return AttentionMaps(ops.convert_to_numpy(logits), query, blocks)
 
 # %% ../nbs/13_explain.ipynb #2dbd8902
-def overlay(image, heatmap, alpha: float = 0.45, cmap: str = "jet") -> np.ndarray:
+_HEAT_CMAP = "jet"          # overlay's colours; saved figures' colour bars
+
+def overlay(image, heatmap, alpha: float = 0.45, cmap: str = _HEAT_CMAP) -> np.ndarray:
     """A heat map blended over an image for display: float32 RGB (H, W, 3) in [0, 1].
 
     `image`: (H, W) or (H, W, 3|4), uint8 or float (any range, scaled to [0, 1]);
@@ -350,7 +352,7 @@ def _panel_figure(photo, panels, title):
         ax.imshow(photo if heat is None else overlay(photo, heat))
         ax.set_title(name, fontsize=9)
     if any(heat is not None for _, heat in panels):
-        key = ScalarMappable(cmap="jet")              # overlay's colours, 0 to 1
+        key = ScalarMappable(cmap=_HEAT_CMAP)         # overlay's colours, 0 to 1
         fig.colorbar(key, ax=axes, fraction=0.03, pad=0.02,
                      label="map, from its lowest (0) to its highest (1)")
     fig.suptitle(title, fontsize=10)
